@@ -1,0 +1,8 @@
+//! moe-edge: generative AI from a mixture of experts spread over the phone and
+//! nearby edge servers.
+//!
+//! This crate holds every piece of logic that is not FFI: the candle model
+//! runtime ([`model`]), and (as they land) the gate, the policy, edge offload and
+//! the orchestrator behind `generate()`.
+
+pub mod model;

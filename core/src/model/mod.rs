@@ -1,0 +1,6 @@
+//! The on-device model runtime on candle: GGUF and safetensors loading, the
+//! tokenizer, chat templates, sampling, the KV cache and streaming generation.
+
+mod error;
+
+pub use error::ModelError;
