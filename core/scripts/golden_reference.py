@@ -136,6 +136,45 @@ def top_k(logits, k):
     return [int(i) for i in order[:k]]
 
 
+def greedy_continue(llm, first_logits, n):
+    """Greedy ids and top-1 minus top-2 margins; first_logits are the current ones."""
+    ids, margins = [], []
+    step_logits = first_logits
+    for k in range(n):
+        if k > 0:
+            llm.eval([ids[-1]])
+            step_logits = last_logits(llm)
+        t = top_k(step_logits, 2)
+        ids.append(t[0])
+        margins.append(float(step_logits[t[0]] - step_logits[t[1]]))
+    return ids, margins
+
+
+def compare(other, ref):
+    """Differences between two logit vectors (ref is the fixture's)."""
+    import numpy as np
+
+    a, b = other.astype(np.float64), ref.astype(np.float64)
+    d = np.abs(a - b)
+
+    def log_softmax(x):
+        x = x - x.max()
+        return x - np.log(np.exp(x).sum())
+
+    la, lb = log_softmax(a), log_softmax(b)
+    kl = float(np.sum(np.exp(lb) * (lb - la)))
+    ta, tb = top_k(other, 5), top_k(ref, 5)
+    return {
+        "max_abs_diff": float(d.max()),
+        "mean_abs_diff": float(d.mean()),
+        "kl_ref_other": kl,
+        "top1_equal": ta[0] == tb[0],
+        "top5_set_equal": sorted(ta) == sorted(tb),
+        "top5_order_equal": ta == tb,
+        "top5_ids": ta,
+    }
+
+
 def piece(llm, tok):
     return llm.detokenize([tok], special=True).decode("utf-8", errors="replace")
 
@@ -193,15 +232,7 @@ def main():
     # 4. Greedy continuation: argmax over raw logits, fed back one token at a time,
     # no stop at EOS. Token k is the argmax after evaluating the prompt and tokens
     # 0..k-1 (so 31 single-token evals after the prompt).
-    greedy, margins = [], []
-    step_logits = logits
-    for k in range(N_GREEDY):
-        if k > 0:
-            llm.eval([greedy[-1]])
-            step_logits = last_logits(llm)
-        t = top_k(step_logits, 2)
-        greedy.append(t[0])
-        margins.append(float(step_logits[t[0]] - step_logits[t[1]]))
+    greedy, margins = greedy_continue(llm, logits, N_GREEDY)
     eog_positions = [i for i, t in enumerate(greedy) if llama_cpp.llama_vocab_is_eog(vocab, t)]
     eos_positions = [i for i, t in enumerate(greedy) if t == eos_id]
     text_special = llm.detokenize(greedy, special=True).decode("utf-8", errors="replace")
@@ -212,23 +243,36 @@ def main():
     greedy_pieces = [piece(llm, t) for t in greedy]
     llm.close()
 
-    # 5. Thread-count sensitivity: llama.cpp against itself.
-    log("thread sensitivity: evaluating the prompt again with 1 and 2 threads ...")
+    # 5. How much llama.cpp moves against itself: thread count, and how the prompt
+    # is split into batches (one batch vs one token at a time).
+    log("sensitivity: evaluating the prompt again with 1 and 2 threads ...")
     l1 = prompt_logits(model_path, 1, prompt_ids)
     l2 = prompt_logits(model_path, 2, prompt_ids)
-
-    def maxdiff(a, b):
-        return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
-
-    thread_info = {
-        "max_abs_diff_threads1_vs_threads2": maxdiff(l1, l2),
-        "max_abs_diff_threads2_rerun_vs_fixture": maxdiff(l2, logits),
-        "max_abs_diff_threads1_vs_fixture": maxdiff(l1, logits),
-        "top20_ids_threads1_equal_fixture": top_k(l1, TOP_K) == top,
-        "note": "fresh Llama instances with n_threads = n_threads_batch = 1 and 2, "
-        "same prompt_ids, last-position logits",
+    log("sensitivity: evaluating the prompt one token at a time ...")
+    seq_llm = load(model_path, N_THREADS)
+    for t in prompt_ids:
+        seq_llm.eval([t])
+    lseq = last_logits(seq_llm)
+    seq_greedy, _ = greedy_continue(seq_llm, lseq, N_GREEDY)
+    seq_llm.close()
+    agree = next((i for i, (a, b) in enumerate(zip(greedy, seq_greedy)) if a != b), N_GREEDY)
+    sensitivity = {
+        "threads1_vs_threads2": compare(l1, l2),
+        "threads2_rerun_vs_fixture": compare(l2, logits),
+        "one_token_at_a_time_vs_fixture": compare(lseq, logits),
+        "one_token_at_a_time_greedy_ids": seq_greedy,
+        "one_token_at_a_time_greedy_agreeing_prefix": agree,
+        "note": (
+            "Fresh Llama instances, same prompt_ids, last-position logits of the prompt. "
+            "threads*: n_threads = n_threads_batch = 1 or 2, prompt in one batch. "
+            "one_token_at_a_time: 2 threads, the prompt fed as 42 single-token evals "
+            "instead of one batch, then the same 32-token greedy continuation. Each "
+            "comparison gives max and mean absolute logit difference, KL(fixture || other) "
+            "of the softmax distributions in nats, and whether top-1 / the top-5 set / "
+            "the top-5 order are equal."
+        ),
     }
-    log(f"thread sensitivity: {thread_info}")
+    log(f"sensitivity: {json.dumps(sensitivity)}")
 
     doc = {
         "description": "llama.cpp golden reference for SmolLM2-135M-Instruct Q4_1: "
@@ -280,6 +324,7 @@ def main():
         "top20_pieces": top_pieces,
         "gap_top1_top2": top_logits[0] - top_logits[1],
         "gap_top5_top6": top_logits[4] - top_logits[5],
+        "top20_consecutive_gaps": [a - b for a, b in zip(top_logits, top_logits[1:])],
         "logits_min": float(logits.min()),
         "logits_max": float(logits.max()),
         "logits_mean": float(logits.astype(np.float64).mean()),
@@ -293,7 +338,7 @@ def main():
         "greedy_eos_appeared": bool(eos_positions),
         "greedy_eos_first_index": eos_positions[0] if eos_positions else None,
         "greedy_eog_appeared": bool(eog_positions),
-        "thread_sensitivity": thread_info,
+        "llama_cpp_self_sensitivity": sensitivity,
     }
     json_path = os.path.join(args.out_dir, f"{FIXTURE_NAME}.json")
     with open(json_path, "w", encoding="utf-8") as f:
