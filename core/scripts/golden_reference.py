@@ -175,6 +175,20 @@ def compare(other, ref):
     }
 
 
+def to_json(value, indent=0):
+    """Indented JSON, but lists of plain numbers kept on one line."""
+    pad, inner = "  " * indent, "  " * (indent + 1)
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(k)}: {to_json(v, indent + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(value, list) and value and not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
+        items = [inner + to_json(v, indent + 1) for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
 def piece(llm, tok):
     return llm.detokenize([tok], special=True).decode("utf-8", errors="replace")
 
@@ -200,7 +214,8 @@ def main():
     meta = llm.metadata
     n_vocab = llm.n_vocab()
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    gguf_add_bos = meta.get("tokenizer.ggml.add_bos_token")
+    # llama-cpp-python hands GGUF metadata values over as strings.
+    gguf_add_bos = meta.get("tokenizer.ggml.add_bos_token") == "true"
     vocab_add_bos = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
     bos_id, eos_id = llm.token_bos(), llm.token_eos()
 
@@ -307,11 +322,12 @@ def main():
         "tokenize_special": True,
         "add_bos_reason": (
             "GGUF tokenizer.ggml.add_bos_token = "
-            f"{gguf_add_bos!r} (llama_vocab_get_add_bos = {vocab_add_bos}); llama-cpp-python's "
+            f"{str(gguf_add_bos).lower()} (llama_vocab_get_add_bos = {str(vocab_add_bos).lower()}); "
+            "llama-cpp-python's "
             "chat completion with the GGUF template tokenizes with add_bos=False, "
             "special=True, and llama.cpp adds BOS only when the vocab flag is set, so "
             "add_bos=True gives the same ids here "
-            f"(identical: {ids_if_add_bos == prompt_ids}). The template's first token "
+            f"(identical: {str(ids_if_add_bos == prompt_ids).lower()}). The template's first token "
             f"<|im_start|> is id {bos_id}, which this GGUF also names as BOS."
         ),
         "prompt_ids": prompt_ids,
@@ -342,8 +358,7 @@ def main():
     }
     json_path = os.path.join(args.out_dir, f"{FIXTURE_NAME}.json")
     with open(json_path, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+        f.write(to_json(doc) + "\n")
     log(f"wrote {json_path} and {logits_path}")
 
 
