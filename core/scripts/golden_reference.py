@@ -194,7 +194,9 @@ def piece(llm, tok):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description="Writes the llama.cpp golden fixture for SmolLM2-135M-Instruct Q4_1"
+    )
     parser.add_argument("--model", help="GGUF path (default: fetched base model)")
     parser.add_argument("--out-dir", default=DEFAULT_OUT_DIR)
     args = parser.parse_args()
