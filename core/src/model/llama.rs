@@ -50,7 +50,11 @@ impl Embedding {
     fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::Quantized(t) => t.embedding(ids),
-            Self::Dense(t) => t.embedding(ids),
+            Self::Dense(t) => {
+                let mut dims = ids.dims().to_vec();
+                dims.push(t.dim(1)?);
+                t.embedding(&ids.flatten_all()?)?.reshape(dims)
+            }
         }
     }
 }
