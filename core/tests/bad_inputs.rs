@@ -107,7 +107,8 @@ fn config_json_with_missing_fields_is_invalid() {
 fn empty_huge_and_bad_option_prompts_are_typed_errors() {
     let Some(path) = common::base_model() else { return };
     let model = LocalModel::load(&path).unwrap();
-    let run = |prompt: &str, options: &GenerateOptions| model.generate(prompt, options, &mut |_| {}, &CancelToken::new());
+    let run =
+        |prompt: &str, options: &GenerateOptions| model.generate(prompt, options, &mut |_| {}, &CancelToken::new());
     let chat = GenerateOptions { max_tokens: 4, ..GenerateOptions::default() };
     let plain = GenerateOptions { chat: false, ..chat.clone() };
     for options in [&chat, &plain] {

@@ -81,7 +81,8 @@ fn matches_llama_cpp_on_the_base_model() {
     let reference = reference_logits(golden.vocab_size);
     assert_eq!(logits.len(), reference.len());
     let max_diff = logits.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    let mean_diff = logits.iter().zip(&reference).map(|(a, b)| f64::from((a - b).abs())).sum::<f64>() / logits.len() as f64;
+    let mean_diff =
+        logits.iter().zip(&reference).map(|(a, b)| f64::from((a - b).abs())).sum::<f64>() / logits.len() as f64;
     println!("logits vs llama.cpp: max |diff| {max_diff:.5}, mean |diff| {mean_diff:.6}");
 
     let mut greedy = vec![argmax(&logits)];

@@ -35,7 +35,9 @@ impl Mat {
     }
     /// y = W x for a vector x of length `cols`.
     fn apply(&self, x: &[f32]) -> Vec<f32> {
-        (0..self.rows).map(|r| self.data[r * self.cols..(r + 1) * self.cols].iter().zip(x).map(|(a, b)| a * b).sum()).collect()
+        (0..self.rows)
+            .map(|r| self.data[r * self.cols..(r + 1) * self.cols].iter().zip(x).map(|(a, b)| a * b).sum())
+            .collect()
     }
     fn tensor(&self) -> Tensor {
         Tensor::from_vec(self.data.clone(), (self.rows, self.cols), &Device::Cpu).unwrap()
@@ -63,7 +65,7 @@ struct Weights {
 impl Weights {
     fn random(seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut norm = |rng: &mut StdRng| (0..HIDDEN).map(|_| rng.random_range(0.5..1.5)).collect::<Vec<f32>>();
+        let norm = |rng: &mut StdRng| (0..HIDDEN).map(|_| rng.random_range(0.5..1.5)).collect::<Vec<f32>>();
         let layers = (0..LAYERS)
             .map(|_| LayerWeights {
                 input_norm: norm(&mut rng),
@@ -173,13 +175,8 @@ impl Weights {
             for (x, a) in xs.iter_mut().zip(attn_out) {
                 x.iter_mut().zip(a).for_each(|(x, a)| *x += a);
                 let h = rms(x, &l.post_norm);
-                let act: Vec<f32> = l
-                    .gate
-                    .apply(&h)
-                    .iter()
-                    .zip(l.up.apply(&h))
-                    .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
-                    .collect();
+                let act: Vec<f32> =
+                    l.gate.apply(&h).iter().zip(l.up.apply(&h)).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
                 x.iter_mut().zip(l.down.apply(&act)).for_each(|(x, d)| *x += d);
             }
         }
@@ -199,7 +196,8 @@ fn byte_level_tokenizer_json() -> String {
             extra += 1;
         }
     }
-    let mut pairs: Vec<(u32, char)> = printable.iter().zip(&symbols).map(|(&b, &s)| (b, char::from_u32(s).unwrap())).collect();
+    let mut pairs: Vec<(u32, char)> =
+        printable.iter().zip(&symbols).map(|(&b, &s)| (b, char::from_u32(s).unwrap())).collect();
     pairs.sort();
     let vocab: serde_json::Map<String, serde_json::Value> =
         pairs.iter().map(|(b, c)| (c.to_string(), serde_json::Value::from(*b))).collect();
@@ -238,7 +236,8 @@ fn safetensors_llama_matches_the_reference_forward() {
         let all = model.llama().forward(&tokens, &mut cache, true).unwrap().to_vec2::<f32>().unwrap();
         // f32 throughout; only the K/V/Q/probability rounding to f16 (llama.cpp's
         // attention precision, see llama.rs) separates the two, well under 1e-2.
-        let max_diff = all.iter().flatten().zip(expected.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let max_diff =
+            all.iter().flatten().zip(expected.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         println!("max |runtime - reference| = {max_diff}");
         assert!(max_diff < 1e-2, "{max_diff}");
 

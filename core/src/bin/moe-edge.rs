@@ -99,7 +99,10 @@ fn main() -> Result<()> {
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         }
     }
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     match cli.command {
         Command::Generate(args) => generate(args),
         Command::Bench(args) => bench(args, cli.threads),
@@ -109,7 +112,11 @@ fn main() -> Result<()> {
 /// Loads a model behind a progress bar on stderr.
 fn load_model(path: &Path, quiet: bool) -> Result<LocalModel> {
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(1000) };
-    bar.set_style(ProgressStyle::with_template("loading {msg} [{bar:30}] {percent}% {elapsed}").expect("valid template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("loading {msg} [{bar:30}] {percent}% {elapsed}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
     bar.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
     let model = LocalModel::load_with_progress(path, &mut |f| bar.set_position((f * 1000.0) as u64))
         .with_context(|| format!("loading {}", path.display()))?;
@@ -213,7 +220,11 @@ fn bench(args: BenchArgs, threads: Option<usize>) -> Result<()> {
         Ok(BenchRun { prefill, ttft, decode: decode_start.elapsed() })
     };
     let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(args.repeat as u64 + 1) };
-    bar.set_style(ProgressStyle::with_template("bench [{bar:30}] {pos}/{len} runs {elapsed}").expect("valid template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("bench [{bar:30}] {pos}/{len} runs {elapsed}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
     run_once()?; // warm-up
     bar.inc(1);
     let mut runs = Vec::with_capacity(args.repeat);
@@ -230,7 +241,7 @@ fn bench(args: BenchArgs, threads: Option<usize>) -> Result<()> {
     let result = BenchResult {
         engine: "moe-edge",
         model: args.model.display().to_string(),
-        threads: threads.unwrap_or_else(|| candle_core::utils::get_num_threads()),
+        threads: threads.unwrap_or_else(candle_core::utils::get_num_threads),
         prompt_tokens: args.prompt_tokens,
         decode_tokens: args.decode_tokens,
         prefill_tokens_per_s: median(&|r| args.prompt_tokens as f64 / r.prefill.as_secs_f64()),

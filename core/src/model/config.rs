@@ -55,8 +55,7 @@ impl LlamaConfig {
         };
         let head_dim = match gguf.get(&key("attention.key_length")) {
             Some(_) => gguf.usize(&key("attention.key_length"))?,
-            None if num_heads > 0 => hidden_size / num_heads,
-            None => 0,
+            None => hidden_size.checked_div(num_heads).unwrap_or(0),
         };
         let cfg = Self {
             vocab_size,
@@ -86,16 +85,11 @@ impl LlamaConfig {
     pub fn from_config_json(path: &Path) -> Result<Self, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
         let raw: HfConfig = serde_json::from_str(&text).map_err(|e| ModelError::invalid(path, e.to_string()))?;
-        let rope_theta = raw
-            .rope_theta
-            .or(raw.rope_parameters.and_then(|p| p.rope_theta))
-            .ok_or_else(|| ModelError::invalid(path, "missing field `rope_theta` (top-level or in `rope_parameters`)"))?;
+        let rope_theta = raw.rope_theta.or(raw.rope_parameters.and_then(|p| p.rope_theta)).ok_or_else(|| {
+            ModelError::invalid(path, "missing field `rope_theta` (top-level or in `rope_parameters`)")
+        })?;
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
-        let head_dim = raw.head_dim.unwrap_or(if raw.num_attention_heads > 0 {
-            raw.hidden_size / raw.num_attention_heads
-        } else {
-            0
-        });
+        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size.checked_div(raw.num_attention_heads).unwrap_or(0));
         let cfg = Self {
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
@@ -128,13 +122,14 @@ impl LlamaConfig {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ModelError::invalid(path, format!("{name} must be positive")));
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(ModelError::invalid(path, "num_heads must be a multiple of num_kv_heads"));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(ModelError::invalid(path, "head_dim must be even for rotary embeddings"));
         }
-        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) || !(self.rms_norm_eps > 0.0) {
+        let positive_finite = |v: f64| v.is_finite() && v > 0.0;
+        if !positive_finite(f64::from(self.rope_theta)) || !positive_finite(self.rms_norm_eps) {
             return Err(ModelError::invalid(path, "rope_theta and rms_norm_eps must be positive"));
         }
         Ok(self)

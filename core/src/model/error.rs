@@ -51,7 +51,9 @@ pub enum ModelError {
     #[error("the prompt is empty")]
     EmptyPrompt,
     /// The prompt does not fit the model's context window.
-    #[error("the prompt has {tokens} tokens but the context window holds {context} (including {reserved} reserved for the answer)")]
+    #[error(
+        "the prompt has {tokens} tokens but the context window holds {context} (including {reserved} reserved for the answer)"
+    )]
     PromptTooLong {
         /// Tokens in the prompt.
         tokens: usize,

@@ -96,8 +96,7 @@ impl GgufFile {
             Value::I64(v) => u64::try_from(*v).ok(),
             _ => None,
         };
-        n.and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| self.wrong_type(key, "a non-negative integer"))
+        n.and_then(|n| usize::try_from(n).ok()).ok_or_else(|| self.wrong_type(key, "a non-negative integer"))
     }
 
     /// A required floating-point value.
@@ -125,7 +124,9 @@ impl GgufFile {
             let bytes = elems
                 .filter(|e| e % block == 0)
                 .and_then(|e| (e / block).checked_mul(info.ggml_dtype.type_size() as u64))
-                .ok_or_else(|| ModelError::invalid(&self.path, format!("tensor {name} has an impossible shape {:?}", info.shape)))?;
+                .ok_or_else(|| {
+                    ModelError::invalid(&self.path, format!("tensor {name} has an impossible shape {:?}", info.shape))
+                })?;
             let end = self.content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes);
             if end > file_len {
                 return Err(ModelError::Truncated {

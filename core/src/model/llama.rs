@@ -8,16 +8,22 @@ use candle_core::{D, DType, Device, Module, Tensor};
 
 use super::ModelError;
 use super::config::LlamaConfig;
+use super::q4_1::Q4_1Matrix;
 
 /// A linear layer `y = x Wᵀ` whose weight may be quantized.
 pub(crate) enum Linear {
     /// Any weight candle multiplies natively (dense, or a quantized type it vectorizes).
     Candle(QMatMul),
+    /// Q4_1 weights, through our vectorized kernel (candle's is scalar).
+    Q4_1(Q4_1Matrix),
 }
 
 impl Linear {
     /// A layer over a GGUF tensor of shape (out, in).
     pub(crate) fn from_qtensor(weight: QTensor) -> Result<Self, ModelError> {
+        if weight.dtype() == GgmlDType::Q4_1 {
+            return Ok(Self::Q4_1(Q4_1Matrix::from_qtensor(weight)?));
+        }
         Ok(Self::Candle(QMatMul::from_qtensor(weight)?))
     }
 
@@ -34,6 +40,7 @@ impl Linear {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::Candle(m) => m.forward(xs),
+            Self::Q4_1(m) => m.forward(xs),
         }
     }
 }
@@ -132,10 +139,17 @@ impl Llama {
             return Err(ModelError::EmptyPrompt);
         }
         if cache.len + seq > self.cfg.context_length {
-            return Err(ModelError::PromptTooLong { tokens: cache.len + seq, context: self.cfg.context_length, reserved: 0 });
+            return Err(ModelError::PromptTooLong {
+                tokens: cache.len + seq,
+                context: self.cfg.context_length,
+                reserved: 0,
+            });
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            return Err(ModelError::Tokenizer(format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab_size)));
+            return Err(ModelError::Tokenizer(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.cfg.vocab_size
+            )));
         }
         let ids = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
         let mut xs = self.embedding.forward(&ids)?;
@@ -186,17 +200,24 @@ impl Llama {
         let q = round_f16(&q.reshape((b, nkv, group * seq, hd))?)?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
         let scores = match mask {
-            Some(mask) => scores.reshape((b, nkv, group, seq, total))?.broadcast_add(mask)?.reshape((b, nkv, group * seq, total))?,
+            Some(mask) => scores.reshape((b, nkv, group, seq, total))?.broadcast_add(mask)?.reshape((
+                b,
+                nkv,
+                group * seq,
+                total,
+            ))?,
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let attn = round_f16(&probs)?.matmul(&v)?.reshape((b, nh, seq, hd))?.transpose(1, 2)?.reshape((b, seq, nh * hd))?;
+        let attn =
+            round_f16(&probs)?.matmul(&v)?.reshape((b, nh, seq, hd))?.transpose(1, 2)?.reshape((b, seq, nh * hd))?;
         let xs = (xs + layer.attn_out.forward(&attn)?)?;
 
         let h = candle_nn::ops::rms_norm(&xs, &layer.ffn_norm, eps)?;
         let gate_up = layer.gate_up.forward(&h)?;
         let inter = cfg.intermediate_size;
-        let act = (candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, inter)?)? * gate_up.narrow(D::Minus1, inter, inter)?)?;
+        let act = (candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, inter)?)?
+            * gate_up.narrow(D::Minus1, inter, inter)?)?;
         xs + layer.down.forward(&act)?
     }
 
@@ -228,7 +249,8 @@ pub(crate) fn concat_rows(parts: &[QTensor]) -> Result<QTensor, ModelError> {
         bytes.extend_from_slice(&p.data()?);
     }
     if matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
-        let dense: Vec<Tensor> = parts.iter().map(|p| p.dequantize(&Device::Cpu)).collect::<candle_core::Result<_>>()?;
+        let dense: Vec<Tensor> =
+            parts.iter().map(|p| p.dequantize(&Device::Cpu)).collect::<candle_core::Result<_>>()?;
         return Ok(QTensor::quantize(&Tensor::cat(&dense, 0)?, GgmlDType::F32)?);
     }
     let storage = candle_core::quantized::QStorage::from_data(std::borrow::Cow::Owned(bytes), &Device::Cpu, dtype)?;
@@ -241,16 +263,24 @@ fn round_f16(xs: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// cos/sin tables of the rotary embedding for every position of the context.
+///
+/// The angles are computed as ggml does (position × scale^i by repeated f32
+/// multiplication, scale = theta^(-2/d)), so they round exactly like llama.cpp's.
 fn rope_tables(cfg: &LlamaConfig) -> candle_core::Result<(Tensor, Tensor)> {
     let half = cfg.head_dim / 2;
-    let inv_freq: Vec<f32> =
-        (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f32 / cfg.head_dim as f32)).collect();
-    let inv_freq = Tensor::from_vec(inv_freq, (1, half), &Device::Cpu)?;
-    let positions = Tensor::arange(0u32, cfg.context_length as u32, &Device::Cpu)?
-        .to_dtype(DType::F32)?
-        .reshape((cfg.context_length, 1))?;
-    let freqs = positions.matmul(&inv_freq)?;
-    Ok((freqs.cos()?, freqs.sin()?))
+    let scale = cfg.rope_theta.powf(-2.0 / cfg.head_dim as f32);
+    let mut cos = Vec::with_capacity(cfg.context_length * half);
+    let mut sin = Vec::with_capacity(cfg.context_length * half);
+    for pos in 0..cfg.context_length {
+        let mut angle = pos as f32;
+        for _ in 0..half {
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+            angle *= scale;
+        }
+    }
+    let shape = (cfg.context_length, half);
+    Ok((Tensor::from_vec(cos, shape, &Device::Cpu)?, Tensor::from_vec(sin, shape, &Device::Cpu)?))
 }
 
 /// The additive causal mask for `seq` new positions after `past` cached ones,
@@ -260,8 +290,7 @@ fn causal_mask(seq: usize, past: usize) -> candle_core::Result<Option<Tensor>> {
         return Ok(None);
     }
     let total = past + seq;
-    let mask: Vec<f32> = (0..seq)
-        .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
+    let mask: Vec<f32> =
+        (0..seq).flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Tensor::from_vec(mask, (seq, total), &Device::Cpu).map(Some)
 }

@@ -38,7 +38,8 @@ fn load_gguf(path: &Path, progress: &mut dyn FnMut(f32)) -> Result<LoadedModel, 
     let mut gguf = GgufFile::open(path)?;
     let tokenizer = Tokenizer::from_gguf(gguf.content())?;
     let embed = gguf.tensor("token_embd.weight")?;
-    let (vocab, hidden) = embed.shape().dims2().map_err(|_| ModelError::invalid(path, "token_embd.weight is not 2-D"))?;
+    let (vocab, hidden) =
+        embed.shape().dims2().map_err(|_| ModelError::invalid(path, "token_embd.weight is not 2-D"))?;
     let cfg = LlamaConfig::from_gguf(&gguf, vocab)?;
     expect_shape(path, "token_embd.weight", &[vocab, hidden], &[cfg.vocab_size, cfg.hidden_size])?;
     let shapes = ProjectionShapes::new(&cfg);
@@ -50,7 +51,8 @@ fn load_gguf(path: &Path, progress: &mut dyn FnMut(f32)) -> Result<LoadedModel, 
             expect_shape(path, &full, t.shape().dims(), &shape)?;
             Ok(t)
         };
-        let qkv = concat_rows(&[weight("attn_q", shapes.q)?, weight("attn_k", shapes.kv)?, weight("attn_v", shapes.kv)?])?;
+        let qkv =
+            concat_rows(&[weight("attn_q", shapes.q)?, weight("attn_k", shapes.kv)?, weight("attn_v", shapes.kv)?])?;
         let attn_out = weight("attn_output", shapes.out)?;
         let gate_up = concat_rows(&[weight("ffn_gate", shapes.gate)?, weight("ffn_up", shapes.gate)?])?;
         let down = weight("ffn_down", shapes.down)?;
@@ -100,7 +102,10 @@ fn load_safetensors_dir(dir: &Path, progress: &mut dyn FnMut(f32)) -> Result<Loa
     for i in 0..cfg.num_layers {
         let p = format!("model.layers.{i}");
         let w = |name: &str, shape: [usize; 2]| get(&format!("{p}.{name}.weight"), &shape);
-        let qkv = Tensor::cat(&[w("self_attn.q_proj", shapes.q)?, w("self_attn.k_proj", shapes.kv)?, w("self_attn.v_proj", shapes.kv)?], 0)?;
+        let qkv = Tensor::cat(
+            &[w("self_attn.q_proj", shapes.q)?, w("self_attn.k_proj", shapes.kv)?, w("self_attn.v_proj", shapes.kv)?],
+            0,
+        )?;
         let gate_up = Tensor::cat(&[w("mlp.gate_proj", shapes.gate)?, w("mlp.up_proj", shapes.gate)?], 0)?;
         layers.push(Layer {
             attn_norm: get(&format!("{p}.input_layernorm.weight"), &[cfg.hidden_size])?,
@@ -190,6 +195,7 @@ fn read_hf_chat_template(dir: &Path) -> Result<Option<String>, ModelError> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::invalid(&path, e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ModelError::invalid(&path, e.to_string()))?;
     Ok(value.get("chat_template").and_then(|t| t.as_str()).map(str::to_owned))
 }

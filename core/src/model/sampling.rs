@@ -172,7 +172,8 @@ mod tests {
     #[test]
     fn same_seed_same_draws_and_other_seed_differs() {
         let draw = |seed| {
-            let opts = SamplingOptions { temperature: 1.5, top_k: 0, top_p: 1.0, min_p: 0.0, seed, ..Default::default() };
+            let opts =
+                SamplingOptions { temperature: 1.5, top_k: 0, top_p: 1.0, min_p: 0.0, seed, ..Default::default() };
             let mut s = Sampler::new(opts).unwrap();
             (0..64).map(|_| s.sample(&mut logits(), &[])).collect::<Vec<_>>()
         };

@@ -1,5 +1,8 @@
 //! Helpers shared by the integration tests.
 
+// Each test binary compiles this module and uses only some of it.
+#![allow(dead_code)]
+
 use std::path::PathBuf;
 
 /// The fetched base model (SmolLM2-135M-Instruct Q4_1), or `None` with a loud
