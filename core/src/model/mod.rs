@@ -2,5 +2,7 @@
 //! tokenizer, chat templates, sampling, the KV cache and streaming generation.
 
 mod error;
+pub mod tokenizer;
 
 pub use error::ModelError;
+pub use tokenizer::Tokenizer;
