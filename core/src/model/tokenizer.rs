@@ -63,8 +63,7 @@ const END_OF_GENERATION_TEXTS: &[&str] = &[
 const BOS_TEXTS: &[&str] = &["<|begin_of_text|>", "<s>", "<|startoftext|>", "<bos>"];
 
 /// The GPT-2 pre-tokenizer regex, shared by many entries of [`PRE_TOKENIZERS`].
-const GPT2_REGEX: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 
 /// The Llama 3 pre-tokenizer regex as llama.cpp writes it (case-insensitive
 /// contractions spelled out with character classes).
@@ -72,6 +71,13 @@ const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|
 
 /// The Qwen2 pre-tokenizer regex: Llama 3's with one digit per piece.
 const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// DeepSeek's CJK regex, llama.cpp's `[\u{4E00}-\u{9FA5}\u{800}-\u{4E00}\u{AC00}-\u{D7FF}]+`
+/// with the whitespace code points taken out of its ranges. llama.cpp runs
+/// regexes that use no `\p{..}` class on a copy of the text in which every
+/// non-ASCII whitespace character is replaced by U+000B, so explicit
+/// non-ASCII ranges never match whitespace there; only `\s` does.
+const DEEPSEEK_CJK_REGEX: &str = "[\u{4E00}-\u{9FA5}\u{800}-\u{167F}\u{1681}-\u{1FFF}\u{200B}-\u{2027}\u{202A}-\u{202E}\u{2030}-\u{205E}\u{2060}-\u{2FFF}\u{3001}-\u{4E00}\u{AC00}-\u{D7FF}]+";
 
 /// How one family of `tokenizer.ggml.pre` values pre-tokenizes text.
 struct PreTokenizerSpec {
@@ -151,12 +157,16 @@ const PRE_TOKENIZERS: &[PreTokenizerSpec] = &[
         add_bos: false,
     },
     PreTokenizerSpec {
-        names: &["falcon"],
+        names: &["qwen35"],
         regexes: &[
-            r"[\p{P}\$\+<=>\^~\|`]+",
-            GPT2_REGEX,
-            r"[0-9][0-9][0-9]",
+            r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
         ],
+        ignore_merges: false,
+        add_bos: false,
+    },
+    PreTokenizerSpec {
+        names: &["falcon"],
+        regexes: &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2_REGEX, r"[0-9][0-9][0-9]"],
         ignore_merges: false,
         add_bos: false,
     },
@@ -165,9 +175,10 @@ const PRE_TOKENIZERS: &[PreTokenizerSpec] = &[
         regexes: &[
             "[\r\n]",
             "\\s?[A-Za-z\u{B5}\u{C0}-\u{D6}\u{D8}-\u{F6}\u{F8}-\u{1BA}\u{1BC}-\u{1BF}\u{1C4}-\u{293}\u{295}-\u{2AF}\u{370}-\u{373}\u{376}\u{377}\u{37B}-\u{37D}\u{37F}\u{386}\u{388}-\u{38A}\u{38C}\u{38E}-\u{3A1}\u{3A3}-\u{3F5}\u{3F7}-\u{481}\u{48A}-\u{52F}\u{531}-\u{556}\u{10A0}-\u{10C5}\u{13A0}-\u{13F5}\u{13F8}-\u{13FD}\u{1C90}-\u{1CBA}\u{1CBD}-\u{1CBF}\u{1D00}-\u{1D2B}\u{1D6B}-\u{1D77}\u{1D79}-\u{1D9A}\u{1E00}-\u{1F15}\u{1F18}-\u{1F1D}\u{1F20}-\u{1F45}\u{1F48}-\u{1F4D}\u{1F50}-\u{1F57}\u{1F59}\u{1F5B}\u{1F5D}\u{1F5F}-\u{1F7D}\u{1F80}-\u{1FB4}\u{1FB6}-\u{1FBC}\u{1FBE}\u{1FC2}-\u{1FC4}\u{1FC6}-\u{1FCC}\u{1FD0}-\u{1FD3}\u{1FD6}-\u{1FDB}\u{1FE0}-\u{1FEC}\u{1FF2}-\u{1FF4}\u{1FF6}-\u{1FFC}\u{2102}\u{2107}\u{210A}-\u{2113}\u{2115}\u{2119}-\u{211D}\u{2124}\u{2126}\u{2128}\u{212A}-\u{212D}\u{212F}-\u{2134}\u{2139}\u{213C}-\u{213F}\u{2145}-\u{2149}\u{214E}\u{2183}\u{2184}\u{2C00}-\u{2C7B}\u{2C7E}-\u{2CE4}\u{2CEB}-\u{2CEE}\u{2CF2}\u{2CF3}\u{A640}-\u{A66D}\u{A680}-\u{A69B}\u{A722}-\u{A76F}\u{A771}-\u{A787}\u{A78B}-\u{A78E}\u{AB70}-\u{ABBF}\u{FB00}-\u{FB06}\u{FB13}-\u{FB17}\u{FF21}-\u{FF3A}\u{FF41}-\u{FF5A}\u{10400}-\u{1044F}\u{104B0}-\u{104D3}\u{104D8}-\u{104FB}\u{10C80}-\u{10CB2}\u{10CC0}-\u{10CF2}\u{118A0}-\u{118DF}\u{1E900}-\u{1E943}]+",
-            "\\s?[!-/:-~\u{FF01}-\u{FF0F}\u{FF1A}-\u{FF5E}\u{2018}-\u{201F}\u{3000}-\u{3002}]+",
+            // llama.cpp's `\u{3000}-\u{3002}`, minus the ideographic space.
+            "\\s?[!-/:-~\u{FF01}-\u{FF0F}\u{FF1A}-\u{FF5E}\u{2018}-\u{201F}\u{3001}-\u{3002}]+",
             "\\s+$",
-            "[\u{4E00}-\u{9FA5}\u{800}-\u{4E00}\u{AC00}-\u{D7FF}]+",
+            DEEPSEEK_CJK_REGEX,
             "\\p{N}+",
         ],
         ignore_merges: false,
@@ -179,7 +190,7 @@ const PRE_TOKENIZERS: &[PreTokenizerSpec] = &[
             "[\r\n]",
             "\\s?\\p{L}+",
             "\\s?\\p{P}+",
-            "[\u{4E00}-\u{9FA5}\u{800}-\u{4E00}\u{AC00}-\u{D7FF}]+",
+            DEEPSEEK_CJK_REGEX,
             "\\p{N}",
         ],
         ignore_merges: false,
@@ -254,7 +265,9 @@ impl Tokenizer {
 
         let vocab = inner.get_vocab(true);
         let vocab_size = vocab.values().max().map_or(0, |&m| m as usize + 1);
-        let text_kind = inner.get_decoder().map_or(TokenText::Raw, decoder_text_kind);
+        let text_kind = inner
+            .get_decoder()
+            .map_or(TokenText::Raw, decoder_text_kind);
         let added = inner.get_added_tokens_decoder();
         let mut bytes = vec![Vec::new(); vocab_size];
         for (text, &id) in &vocab {
@@ -353,8 +366,10 @@ impl Tokenizer {
             .iter()
             .find(|s| s.names.contains(&pre_name))
             .ok_or_else(|| {
-                let names: Vec<&str> =
-                    PRE_TOKENIZERS.iter().flat_map(|s| s.names.iter().copied()).collect();
+                let names: Vec<&str> = PRE_TOKENIZERS
+                    .iter()
+                    .flat_map(|s| s.names.iter().copied())
+                    .collect();
                 ModelError::Unsupported(format!(
                     "GGUF pre-tokenizer '{pre_name}' (tokenizer.ggml.pre); supported: {}",
                     names.join(", ")
@@ -366,9 +381,12 @@ impl Tokenizer {
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                v.to_string()
-                    .map(String::as_str)
-                    .map_err(|_| bad("tokenizer.ggml.tokens", format!("entry {i} is not a string")))
+                v.to_string().map(String::as_str).map_err(|_| {
+                    bad(
+                        "tokenizer.ggml.tokens",
+                        format!("entry {i} is not a string"),
+                    )
+                })
             })
             .collect::<Result<Vec<&str>, _>>()?;
         if tokens.is_empty() {
@@ -391,7 +409,10 @@ impl Tokenizer {
                     .enumerate()
                     .map(|(i, v)| {
                         gguf_int(v).ok_or_else(|| {
-                            bad("tokenizer.ggml.token_type", format!("entry {i} is not an integer"))
+                            bad(
+                                "tokenizer.ggml.token_type",
+                                format!("entry {i} is not an integer"),
+                            )
                         })
                     })
                     .collect::<Result<_, _>>()?
@@ -405,19 +426,26 @@ impl Tokenizer {
         for (id, text) in tokens.iter().enumerate() {
             vocab.insert((*text).to_owned(), id as u32);
         }
-        let merge_values =
-            gguf_array(meta, "tokenizer.ggml.merges")?.ok_or_else(|| missing("tokenizer.ggml.merges"))?;
+        let merge_values = gguf_array(meta, "tokenizer.ggml.merges")?
+            .ok_or_else(|| missing("tokenizer.ggml.merges"))?;
         let mut merges = Vec::with_capacity(merge_values.len());
         let mut dropped_merges = 0usize;
         for (i, v) in merge_values.iter().enumerate() {
-            let line = v
-                .to_string()
-                .map_err(|_| bad("tokenizer.ggml.merges", format!("entry {i} is not a string")))?;
+            let line = v.to_string().map_err(|_| {
+                bad(
+                    "tokenizer.ggml.merges",
+                    format!("entry {i} is not a string"),
+                )
+            })?;
             let (left, right) = split_merge(line).ok_or_else(|| {
-                bad("tokenizer.ggml.merges", format!("entry {i} ({line:?}) is not \"left right\""))
+                bad(
+                    "tokenizer.ggml.merges",
+                    format!("entry {i} ({line:?}) is not \"left right\""),
+                )
             })?;
             // The tokenizers crate needs both sides and their concatenation in
-            // the vocabulary; llama.cpp would never produce such a token anyway.
+            // the vocabulary. Well-formed vocabularies have no other merges
+            // (llama.cpp would apply one and then fall back to byte tokens).
             let joined = format!("{left}{right}");
             if vocab.contains_key(left) && vocab.contains_key(right) && vocab.contains_key(&joined)
             {
@@ -427,7 +455,10 @@ impl Tokenizer {
             }
         }
         if dropped_merges > 0 {
-            tracing::warn!(dropped_merges, "GGUF merges whose tokens are not in the vocabulary were ignored");
+            tracing::warn!(
+                dropped_merges,
+                "GGUF merges whose tokens are not in the vocabulary were ignored"
+            );
         }
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
@@ -443,15 +474,21 @@ impl Tokenizer {
                 false,
             )
             .map_err(|e| {
-                ModelError::Tokenizer(format!("pre-tokenizer regex {regex:?} does not compile: {e}"))
+                ModelError::Tokenizer(format!(
+                    "pre-tokenizer regex {regex:?} does not compile: {e}"
+                ))
             })?;
             steps.push(PreTokenizerWrapper::Split(split));
         }
-        steps.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)));
+        steps.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
+            false, false, false,
+        )));
 
         let mut inner = tokenizers::Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(steps))));
-        inner.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(false, false, false))));
+        inner.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(
+            false, false, false,
+        ))));
 
         // Tokens matched literally before pre-tokenization.
         let added: Vec<AddedToken> = tokens
@@ -479,8 +516,9 @@ impl Tokenizer {
                 token_type::CONTROL | token_type::USER_DEFINED | token_type::UNKNOWN => {
                     text.as_bytes().to_vec()
                 }
-                token_type::BYTE => parse_byte_token(text)
-                    .map_or_else(|| text.as_bytes().to_vec(), |b| vec![b]),
+                token_type::BYTE => {
+                    parse_byte_token(text).map_or_else(|| text.as_bytes().to_vec(), |b| vec![b])
+                }
                 _ => token_text_to_bytes(text, TokenText::ByteLevel),
             })
             .collect();
@@ -495,7 +533,12 @@ impl Tokenizer {
                 Ok(id) if (id as usize) < vocab_size => Ok(Some(id)),
                 // llama.cpp ignores out-of-range special ids (-1 means "none").
                 _ => {
-                    tracing::warn!(key, id, vocab_size, "special token id out of range, ignored");
+                    tracing::warn!(
+                        key,
+                        id,
+                        vocab_size,
+                        "special token id out of range, ignored"
+                    );
                     Ok(None)
                 }
             }
@@ -509,7 +552,11 @@ impl Tokenizer {
         ] {
             eos.extend(special_id(key)?);
         }
-        eos.extend(END_OF_GENERATION_TEXTS.iter().filter_map(|t| inner.token_to_id(t)));
+        eos.extend(
+            END_OF_GENERATION_TEXTS
+                .iter()
+                .filter_map(|t| inner.token_to_id(t)),
+        );
         dedup_in_order(&mut eos);
 
         let add_bos = match meta.get("tokenizer.ggml.add_bos_token") {
@@ -532,8 +579,10 @@ impl Tokenizer {
     /// true and the model has one (without BOS id, `add_bos` is ignored).
     ///
     /// Special and added tokens written in the text (`<|im_start|>`) are
-    /// encoded as those single tokens. Nothing else is added: no EOS, no
-    /// post-processor template. The empty string gives no ids (or just BOS).
+    /// encoded as those single tokens, as llama.cpp does for chat prompts; so
+    /// user text spliced into a template can contain them too. Nothing else is
+    /// added: no EOS, no post-processor template. The empty string gives no
+    /// ids (or just BOS).
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, ModelError> {
         let encoding = self
             .inner
@@ -833,7 +882,10 @@ mod tests {
         assert_eq!(parse_byte_token("<0xff>"), Some(0xFF));
         assert_eq!(parse_byte_token("<0x1>"), None);
         assert_eq!(parse_byte_token("<0x123>"), None);
-        assert_eq!(token_text_to_bytes("▁Hello", TokenText::SentencePiece), b" Hello");
+        assert_eq!(
+            token_text_to_bytes("▁Hello", TokenText::SentencePiece),
+            b" Hello"
+        );
     }
 
     #[test]
@@ -867,8 +919,14 @@ mod tests {
         let mut types = vec![Value::I32(1); 258];
         types.extend([Value::I32(3), Value::I32(3)]);
         let mut metadata = HashMap::new();
-        metadata.insert("tokenizer.ggml.model".to_owned(), Value::String("gpt2".to_owned()));
-        metadata.insert("tokenizer.ggml.pre".to_owned(), Value::String(pre.to_owned()));
+        metadata.insert(
+            "tokenizer.ggml.model".to_owned(),
+            Value::String("gpt2".to_owned()),
+        );
+        metadata.insert(
+            "tokenizer.ggml.pre".to_owned(),
+            Value::String(pre.to_owned()),
+        );
         metadata.insert(
             "tokenizer.ggml.tokens".to_owned(),
             Value::Array(tokens.into_iter().map(Value::String).collect()),
@@ -901,11 +959,17 @@ mod tests {
         assert_eq!(tok.encode("", false).unwrap(), Vec::<u32>::new());
         assert_eq!(tok.encode("", true).unwrap(), vec![258]);
         let ids = tok.encode("<|start|>hello<|end|>", true).unwrap();
-        assert_eq!(ids, vec![258, 258, 257, u32::from(b'l'), u32::from(b'o'), 259]);
+        assert_eq!(
+            ids,
+            vec![258, 258, 257, u32::from(b'l'), u32::from(b'o'), 259]
+        );
         assert_eq!(tok.decode(&ids).unwrap(), "<|start|><|start|>hello<|end|>");
         let text = "é 日本 🎉\n";
         let ids = tok.encode(text, false).unwrap();
-        let bytes: Vec<u8> = ids.iter().flat_map(|&i| tok.token_bytes(i).to_vec()).collect();
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| tok.token_bytes(i).to_vec())
+            .collect();
         assert_eq!(bytes, text.as_bytes());
         assert_eq!(tok.decode(&ids).unwrap(), text);
         assert!(matches!(tok.decode(&[260]), Err(ModelError::Tokenizer(_))));
@@ -923,14 +987,21 @@ mod tests {
         };
         assert!(msg.contains("no-such-pre") && msg.contains("smollm") && msg.contains("llama-bpe"));
 
-        content
-            .metadata
-            .insert("tokenizer.ggml.model".to_owned(), Value::String("llama".to_owned()));
+        content.metadata.insert(
+            "tokenizer.ggml.model".to_owned(),
+            Value::String("llama".to_owned()),
+        );
         let err = Tokenizer::from_gguf(&content).unwrap_err();
-        assert!(matches!(&err, ModelError::Unsupported(m) if m.contains("'llama'")), "{err:?}");
+        assert!(
+            matches!(&err, ModelError::Unsupported(m) if m.contains("'llama'")),
+            "{err:?}"
+        );
 
         content.metadata.remove("tokenizer.ggml.model");
-        assert!(matches!(Tokenizer::from_gguf(&content), Err(ModelError::Tokenizer(_))));
+        assert!(matches!(
+            Tokenizer::from_gguf(&content),
+            Err(ModelError::Tokenizer(_))
+        ));
     }
 
     #[test]
@@ -938,9 +1009,10 @@ mod tests {
         let tok = Tokenizer::from_gguf(&tiny_content("llama-bpe")).unwrap();
         assert!(tok.add_bos_default());
         let mut content = tiny_content("llama-bpe");
-        content
-            .metadata
-            .insert("tokenizer.ggml.add_bos_token".to_owned(), Value::Bool(false));
+        content.metadata.insert(
+            "tokenizer.ggml.add_bos_token".to_owned(),
+            Value::Bool(false),
+        );
         assert!(!Tokenizer::from_gguf(&content).unwrap().add_bos_default());
     }
 }
