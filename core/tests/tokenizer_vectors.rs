@@ -427,3 +427,31 @@ fn tokenizer_json_round_trip_and_sibling_configs() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Very long runs (one huge pre-token, long regex matches) still encode and
+/// round-trip; fancy-regex has a backtracking limit that must not be hit.
+#[test]
+fn long_inputs_round_trip() {
+    let tok = load_gguf_tokenizer(&Path::new(FIXTURES).join("ggml-vocab-llama-bpe.gguf"));
+    let texts = [
+        " ".repeat(100_000),
+        format!("{}x", " ".repeat(100_000)),
+        "\n".repeat(50_000) + &"\t ".repeat(20_000),
+        "a".repeat(100_000),
+        "9".repeat(100_000),
+        "!?".repeat(50_000),
+        "日本語".repeat(20_000),
+        "The quick brown fox jumps over the lazy dog. ".repeat(5_000),
+    ];
+    for text in &texts {
+        let start = std::time::Instant::now();
+        let ids = tok.encode(text, false).unwrap();
+        assert_eq!(tok.decode(&ids).unwrap(), *text);
+        note!(
+            "{} bytes -> {} tokens in {:.0} ms",
+            text.len(),
+            ids.len(),
+            start.elapsed().as_secs_f64() * 1e3
+        );
+    }
+}
