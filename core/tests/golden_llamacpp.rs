@@ -6,30 +6,29 @@
 //! cache, greedy argmax over raw logits); the fixture's README says more.
 //!
 //! Checked: the chat template renders the identical prompt string, the tokenizer
-//! gives the identical ids, our top-5 next-token ids equal llama.cpp's in order,
-//! every logit agrees within `MAX_LOGIT_DIFF` (and on average within
-//! `MEAN_LOGIT_DIFF`), and the 32-token greedy
-//! continuation is identical.
+//! gives the identical ids, our top-5 next-token ids equal llama.cpp's (top 2 in
+//! order), the next-token distributions agree within `MAX_KL_NATS` and every
+//! centred logit within `MAX_CENTRED_DIFF`, and the 32-token greedy continuation
+//! is identical.
 
 mod common;
 
 use moe_edge::model::{LocalModel, argmax};
 use serde::Deserialize;
 
-/// Largest allowed |ours − llama.cpp| over the whole logits vector, and the
-/// largest allowed mean |ours − llama.cpp|.
-///
-/// Justification, measured by `golden_reference.py` and stored in the fixture
-/// (`llama_cpp_self_sensitivity`): llama.cpp's own logits for this prompt move by
-/// up to 0.84 (mean 0.14) when it evaluates the prompt token by token instead of
-/// in one batch, because its kernels round differently on the two paths; this
-/// 30-layer model amplifies last-bit differences. A second implementation cannot
-/// be held closer than llama.cpp is to itself, so the bounds are that spread plus
-/// about 20 %. The sharp checks are the exact top-5 order and the exact greedy
-/// continuation.
-const MAX_LOGIT_DIFF: f32 = 1.0;
-/// See [`MAX_LOGIT_DIFF`].
-const MEAN_LOGIT_DIFF: f64 = 0.2;
+/// Bounds on how far our logits may be from llama.cpp's, set from llama.cpp's
+/// own spread (measured by `golden_reference.py`, stored in the fixture under
+/// `llama_cpp_self_sensitivity`): evaluating the same prompt token by token
+/// instead of in one batch moves llama.cpp's logits by up to 0.84, KL 0.0057
+/// nats, and reorders ranks 3–5 of the top 5 (their logits lie within 0.09 of
+/// each other). This 30-layer model turns last-bit rounding differences into such
+/// shifts, so a second implementation cannot be held closer than llama.cpp is to
+/// itself. Much of the raw difference is a shift of all logits together, which
+/// changes no probability: KL and the max difference after centring measure
+/// what matters.
+const MAX_KL_NATS: f64 = 0.01;
+/// See [`MAX_KL_NATS`]: max |Δ| after subtracting each vector's mean.
+const MAX_CENTRED_DIFF: f32 = 1.0;
 
 #[derive(Deserialize)]
 struct Golden {
@@ -57,6 +56,17 @@ fn reference_logits(vocab: usize) -> Vec<f32> {
     bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
+/// KL(p || q) in nats between the softmax distributions of two logit vectors.
+fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
+    let log_softmax = |l: &[f32]| {
+        let max = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let log_total = l.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        l.iter().map(|&v| v as f64 - max - log_total).collect::<Vec<f64>>()
+    };
+    let (lp, lq) = (log_softmax(p_logits), log_softmax(q_logits));
+    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
+}
+
 fn top_k(logits: &[f32], k: usize) -> Vec<u32> {
     let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
     ids.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
@@ -80,10 +90,17 @@ fn matches_llama_cpp_on_the_base_model() {
     let logits = llama.forward(&ids, &mut cache, false).unwrap().to_vec1::<f32>().unwrap();
     let reference = reference_logits(golden.vocab_size);
     assert_eq!(logits.len(), reference.len());
-    let max_diff = logits.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    let mean_diff =
-        logits.iter().zip(&reference).map(|(a, b)| f64::from((a - b).abs())).sum::<f64>() / logits.len() as f64;
-    println!("logits vs llama.cpp: max |diff| {max_diff:.5}, mean |diff| {mean_diff:.6}");
+    let centred = |l: &[f32]| {
+        let mean = l.iter().map(|&v| f64::from(v)).sum::<f64>() / l.len() as f64;
+        l.iter().map(|&v| v - mean as f32).collect::<Vec<f32>>()
+    };
+    let (ours_c, ref_c) = (centred(&logits), centred(&reference));
+    let max_diff = ours_c.iter().zip(&ref_c).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let raw_diff = logits.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let kl = kl_divergence(&reference, &logits);
+    println!(
+        "logits vs llama.cpp: max |diff| {raw_diff:.4} raw, {max_diff:.4} centred; KL(llama.cpp || ours) {kl:.6} nats"
+    );
 
     let mut greedy = vec![argmax(&logits)];
     while greedy.len() < golden.greedy_ids.len() {
@@ -92,8 +109,13 @@ fn matches_llama_cpp_on_the_base_model() {
     }
     println!("top-5 ours {:?} llama.cpp {:?}", top_k(&logits, 5), &golden.top20_ids[..5]);
     println!("greedy ours {greedy:?}");
-    assert_eq!(top_k(&logits, 5), golden.top20_ids[..5], "top-5 next-token ids");
-    assert!(max_diff <= MAX_LOGIT_DIFF, "max logit difference {max_diff} > {MAX_LOGIT_DIFF}");
-    assert!(mean_diff <= MEAN_LOGIT_DIFF, "mean logit difference {mean_diff} > {MEAN_LOGIT_DIFF}");
+    let (ours5, theirs5) = (top_k(&logits, 5), &golden.top20_ids[..5]);
+    assert_eq!(ours5[..2], theirs5[..2], "top-2 next-token ids, in order");
+    let (mut a, mut b) = (ours5.clone(), theirs5.to_vec());
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b, "top-5 next-token ids (ranks 3-5 are within llama.cpp's own spread, see MAX_KL_NATS)");
+    assert!(kl <= MAX_KL_NATS, "KL {kl} > {MAX_KL_NATS}");
+    assert!(max_diff <= MAX_CENTRED_DIFF, "centred logit difference {max_diff} > {MAX_CENTRED_DIFF}");
     assert_eq!(greedy, golden.greedy_ids, "32-token greedy continuation");
 }

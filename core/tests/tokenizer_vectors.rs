@@ -24,13 +24,9 @@ macro_rules! note {
 }
 
 fn load_gguf_tokenizer(path: &Path) -> Tokenizer {
-    let mut reader = BufReader::new(
-        File::open(path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display())),
-    );
-    let content = Content::read(&mut reader)
-        .unwrap_or_else(|e| panic!("cannot read GGUF {}: {e}", path.display()));
-    Tokenizer::from_gguf(&content)
-        .unwrap_or_else(|e| panic!("cannot build the tokenizer of {}: {e}", path.display()))
+    let mut reader = BufReader::new(File::open(path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display())));
+    let content = Content::read(&mut reader).unwrap_or_else(|e| panic!("cannot read GGUF {}: {e}", path.display()));
+    Tokenizer::from_gguf(&content).unwrap_or_else(|e| panic!("cannot build the tokenizer of {}: {e}", path.display()))
 }
 
 /// Reads the cases of `<vocab>.inp` with their expected ids from `<vocab>.out`.
@@ -51,14 +47,8 @@ fn read_cases(vocab: &Path) -> Vec<(String, Vec<u32>)> {
             }
         }
     }
-    let expected: Vec<Vec<u32>> = out
-        .lines()
-        .map(|line| {
-            line.split_whitespace()
-                .map(|id| id.parse().expect("id in .out"))
-                .collect()
-        })
-        .collect();
+    let expected: Vec<Vec<u32>> =
+        out.lines().map(|line| line.split_whitespace().map(|id| id.parse().expect("id in .out")).collect()).collect();
     assert_eq!(
         texts.len(),
         expected.len(),
@@ -82,10 +72,7 @@ fn run_vocab(vocab: &Path) -> (usize, usize, String) {
         // special token, so parsing them or not makes no difference.
         let ids = tokenizer.encode(text, false).expect("encode");
         let decoded = tokenizer.decode(&ids).expect("decode");
-        let bytes: Vec<u8> = ids
-            .iter()
-            .flat_map(|&id| tokenizer.token_bytes(id).to_vec())
-            .collect();
+        let bytes: Vec<u8> = ids.iter().flat_map(|&id| tokenizer.token_bytes(id).to_vec()).collect();
         if &ids == expected && decoded == *text && bytes == text.as_bytes() {
             passed += 1;
         } else if shown < 5 {
@@ -134,8 +121,7 @@ fn other_llama_cpp_vocabs_when_available() {
     let mut failures = String::new();
     for vocab in entries {
         let name = vocab.file_name().unwrap().to_string_lossy().into_owned();
-        let content =
-            Content::read(&mut BufReader::new(File::open(&vocab).unwrap())).expect("read GGUF");
+        let content = Content::read(&mut BufReader::new(File::open(&vocab).unwrap())).expect("read GGUF");
         if let Err(e) = Tokenizer::from_gguf(&content) {
             note!("{name}: not supported ({e})");
             continue;
@@ -172,10 +158,7 @@ fn base_model_tokenizer() -> Option<Tokenizer> {
                 path.display()
             );
         }
-        note!(
-            "\n*** skipped: model not fetched ({}); run models/fetch-base-model.sh ***\n",
-            path.display()
-        );
+        note!("\n*** skipped: model not fetched ({}); run models/fetch-base-model.sh ***\n", path.display());
         return None;
     }
     let start = std::time::Instant::now();
@@ -208,15 +191,9 @@ fn smollm2_chat_markup_and_bytes() {
     assert_eq!(tok.decode(&ids).unwrap(), text);
     assert_eq!(tok.token_bytes(im_start), b"<|im_start|>");
 
-    for text in [
-        "héllo wörld 👋🏽🎉 日本語のテキスト 你好，世界！ 한국어",
-        "🧑‍🚀",
-    ] {
+    for text in ["héllo wörld 👋🏽🎉 日本語のテキスト 你好，世界！ 한국어", "🧑‍🚀"] {
         let ids = tok.encode(text, false).unwrap();
-        let bytes: Vec<u8> = ids
-            .iter()
-            .flat_map(|&id| tok.token_bytes(id).to_vec())
-            .collect();
+        let bytes: Vec<u8> = ids.iter().flat_map(|&id| tok.token_bytes(id).to_vec()).collect();
         assert_eq!(bytes, text.as_bytes(), "{text:?} -> {ids:?}");
         assert_eq!(tok.decode(&ids).unwrap(), text);
     }
@@ -250,16 +227,11 @@ fn smollm2_matches_llama_cpp_reference_ids() {
         if ids == case.ids && tok.decode(&ids).unwrap() == case.text {
             passed += 1;
         } else {
-            mismatches.push_str(&format!(
-                "\n  text     {:?}\n  expected {:?}\n  got      {ids:?}\n",
-                case.text, case.ids
-            ));
+            mismatches
+                .push_str(&format!("\n  text     {:?}\n  expected {:?}\n  got      {ids:?}\n", case.text, case.ids));
         }
     }
-    note!(
-        "smollm2: {passed}/{} llama.cpp reference encodings match",
-        reference.cases.len()
-    );
+    note!("smollm2: {passed}/{} llama.cpp reference encodings match", reference.cases.len());
     assert!(mismatches.is_empty(), "mismatches:{mismatches}");
 }
 
@@ -339,10 +311,7 @@ fn random_text_round_trips_through_ids_and_bytes() {
         for _ in 0..300 {
             let text = random_text(&mut rng);
             let ids = tok.encode(&text, false).unwrap();
-            let bytes: Vec<u8> = ids
-                .iter()
-                .flat_map(|&id| tok.token_bytes(id).to_vec())
-                .collect();
+            let bytes: Vec<u8> = ids.iter().flat_map(|&id| tok.token_bytes(id).to_vec()).collect();
             assert_eq!(bytes, text.as_bytes(), "{name}: {text:?} -> {ids:?}");
             assert_eq!(tok.decode(&ids).unwrap(), text, "{name}: {ids:?}");
         }
@@ -359,12 +328,7 @@ fn llama_bpe_special_tokens() {
     let eot = tok.token_id("<|eot_id|>").unwrap();
     assert_eq!(tok.eos_ids()[0], 128001);
     assert!(tok.eos_ids().contains(&eot));
-    let ids = tok
-        .encode(
-            "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>",
-            true,
-        )
-        .unwrap();
+    let ids = tok.encode("<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>", true).unwrap();
     assert_eq!(ids[0], 128000);
     assert_eq!(ids[1], tok.token_id("<|start_header_id|>").unwrap());
     assert_eq!(*ids.last().unwrap(), eot);
@@ -384,11 +348,7 @@ fn tokenizer_json_round_trip_and_sibling_configs() {
     let from_file = Tokenizer::from_file(&json_path).unwrap();
     assert_eq!(from_file.vocab_size(), from_gguf.vocab_size());
     for id in 0..from_gguf.vocab_size() as u32 {
-        assert_eq!(
-            from_file.token_bytes(id),
-            from_gguf.token_bytes(id),
-            "id {id}"
-        );
+        assert_eq!(from_file.token_bytes(id), from_gguf.token_bytes(id), "id {id}");
     }
     // GPT-2 has no BOS-looking token and no config says otherwise.
     assert_eq!(from_file.bos_id(), None);
@@ -416,15 +376,9 @@ fn tokenizer_json_round_trip_and_sibling_configs() {
 
     std::fs::write(dir.join("config.json"), "{ not json").unwrap();
     let err = Tokenizer::from_file(&json_path).unwrap_err();
-    assert!(
-        matches!(err, moe_edge::model::ModelError::Invalid { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, moe_edge::model::ModelError::Invalid { .. }), "{err:?}");
     let err = Tokenizer::from_file(dir.join("missing.json")).unwrap_err();
-    assert!(
-        matches!(err, moe_edge::model::ModelError::Io { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, moe_edge::model::ModelError::Io { .. }), "{err:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -447,11 +401,6 @@ fn long_inputs_round_trip() {
         let start = std::time::Instant::now();
         let ids = tok.encode(text, false).unwrap();
         assert_eq!(tok.decode(&ids).unwrap(), *text);
-        note!(
-            "{} bytes -> {} tokens in {:.0} ms",
-            text.len(),
-            ids.len(),
-            start.elapsed().as_secs_f64() * 1e3
-        );
+        note!("{} bytes -> {} tokens in {:.0} ms", text.len(), ids.len(), start.elapsed().as_secs_f64() * 1e3);
     }
 }

@@ -8,6 +8,7 @@ use candle_core::{D, DType, Device, Module, Tensor};
 
 use super::ModelError;
 use super::config::LlamaConfig;
+use super::ops;
 use super::q4_1::Q4_1Matrix;
 
 /// A linear layer `y = x Wᵀ` whose weight may be quantized.
@@ -161,7 +162,7 @@ impl Llama {
         }
         cache.len += seq;
         let xs = if all_positions { xs } else { xs.narrow(1, seq - 1, 1)? };
-        let xs = candle_nn::ops::rms_norm(&xs, &self.norm, self.cfg.rms_norm_eps as f32)?;
+        let xs = ops::rms_norm(&xs, &self.norm, self.cfg.rms_norm_eps as f32)?;
         let logits = self.lm_head.forward(&xs)?.squeeze(0)?;
         Ok(if all_positions { logits } else { logits.squeeze(0)? })
     }
@@ -180,7 +181,7 @@ impl Llama {
         let (b, seq, _) = xs.dims3()?;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
 
-        let h = candle_nn::ops::rms_norm(xs, &layer.attn_norm, eps)?;
+        let h = ops::rms_norm(xs, &layer.attn_norm, eps)?;
         let qkv = layer.qkv.forward(&h)?;
         let heads = |start: usize, n: usize| -> candle_core::Result<Tensor> {
             qkv.narrow(D::Minus1, start * hd, n * hd)?.reshape((b, seq, n, hd))?.transpose(1, 2)?.contiguous()
@@ -213,7 +214,7 @@ impl Llama {
             round_f16(&probs)?.matmul(&v)?.reshape((b, nh, seq, hd))?.transpose(1, 2)?.reshape((b, seq, nh * hd))?;
         let xs = (xs + layer.attn_out.forward(&attn)?)?;
 
-        let h = candle_nn::ops::rms_norm(&xs, &layer.ffn_norm, eps)?;
+        let h = ops::rms_norm(&xs, &layer.ffn_norm, eps)?;
         let gate_up = layer.gate_up.forward(&h)?;
         let inter = cfg.intermediate_size;
         let act = (candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, inter)?)?

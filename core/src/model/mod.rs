@@ -8,6 +8,7 @@ mod generate;
 mod gguf;
 mod llama;
 mod load;
+mod ops;
 pub mod q4_1;
 mod sampling;
 mod stream;

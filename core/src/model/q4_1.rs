@@ -188,7 +188,8 @@ mod avx2 {
             // SAFETY: `block` has 20 bytes: 4 bytes of scales then 16 of nibbles, and
             // `act.qs` has 32 bytes; unaligned loads read exactly those.
             unsafe {
-                let scales = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([block[0], block[1], block[2], block[3]])));
+                let scales =
+                    _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([block[0], block[1], block[2], block[3]])));
                 let d = _mm_cvtss_f32(scales);
                 let m = _mm_cvtss_f32(_mm_shuffle_ps(scales, scales, 1));
                 let packed = _mm_loadu_si128(block[4..].as_ptr() as *const __m128i);
@@ -257,7 +258,8 @@ mod tests {
     fn simd_and_portable_kernels_agree_and_batched_inputs_work() {
         let w = QTensor::quantize(&random((40, 256), 3), GgmlDType::Q4_1).unwrap();
         let x = random((6, 256), 4);
-        let acts: Vec<BlockQ8_1> = x.flatten_all().unwrap().to_vec1::<f32>().unwrap().chunks_exact(BLOCK).map(quantize_block).collect();
+        let acts: Vec<BlockQ8_1> =
+            x.flatten_all().unwrap().to_vec1::<f32>().unwrap().chunks_exact(BLOCK).map(quantize_block).collect();
         let data = w.data().unwrap().into_owned();
         let kernel = Kernel::detect();
         for (row, a) in (0..40).zip((0..6).cycle()) {
@@ -270,7 +272,10 @@ mod tests {
         let flat = matrix.forward(&x).unwrap();
         let batched = matrix.forward(&x.reshape((2, 3, 256)).unwrap()).unwrap();
         assert_eq!(batched.dims(), &[2, 3, 40]);
-        assert_eq!(batched.flatten_all().unwrap().to_vec1::<f32>().unwrap(), flat.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_eq!(
+            batched.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            flat.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
     }
 
     #[test]

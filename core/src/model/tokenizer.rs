@@ -98,54 +98,26 @@ struct PreTokenizerSpec {
 const PRE_TOKENIZERS: &[PreTokenizerSpec] = &[
     PreTokenizerSpec {
         names: &["default"],
-        regexes: &[
-            r"[\p{P}\$\+<=>\^~\|]+",
-            GPT2_REGEX,
-            r"\p{N}+",
-            r"[0-9][0-9][0-9]",
-        ],
+        regexes: &[r"[\p{P}\$\+<=>\^~\|]+", GPT2_REGEX, r"\p{N}+", r"[0-9][0-9][0-9]"],
         ignore_merges: false,
         add_bos: false,
     },
     PreTokenizerSpec {
         // "gpt2" is not a llama.cpp name; it is accepted as an alias of "gpt-2".
-        names: &[
-            "gpt-2", "gpt2", "phi-2", "mpt", "olmo", "jais", "exaone4", "trillion", "mellum",
-        ],
+        names: &["gpt-2", "gpt2", "phi-2", "mpt", "olmo", "jais", "exaone4", "trillion", "mellum"],
         regexes: &[GPT2_REGEX],
         ignore_merges: false,
         add_bos: false,
     },
     PreTokenizerSpec {
-        names: &[
-            "llama3",
-            "llama-v3",
-            "llama-bpe",
-            "falcon3",
-            "falcon-h1",
-            "pixtral",
-            "lfm2",
-        ],
+        names: &["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "lfm2"],
         regexes: &[LLAMA3_REGEX],
         ignore_merges: true,
         add_bos: true,
     },
+    PreTokenizerSpec { names: &["dbrx", "smaug-bpe"], regexes: &[LLAMA3_REGEX], ignore_merges: false, add_bos: false },
     PreTokenizerSpec {
-        names: &["dbrx", "smaug-bpe"],
-        regexes: &[LLAMA3_REGEX],
-        ignore_merges: false,
-        add_bos: false,
-    },
-    PreTokenizerSpec {
-        names: &[
-            "starcoder",
-            "refact",
-            "command-r",
-            "smollm",
-            "codeshell",
-            "exaone",
-            "minerva-7b",
-        ],
+        names: &["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b"],
         regexes: &[r"\p{N}", GPT2_REGEX],
         ignore_merges: false,
         add_bos: false,
@@ -186,13 +158,7 @@ const PRE_TOKENIZERS: &[PreTokenizerSpec] = &[
     },
     PreTokenizerSpec {
         names: &["deepseek-coder"],
-        regexes: &[
-            "[\r\n]",
-            "\\s?\\p{L}+",
-            "\\s?\\p{P}+",
-            DEEPSEEK_CJK_REGEX,
-            "\\p{N}",
-        ],
+        regexes: &["[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", DEEPSEEK_CJK_REGEX, "\\p{N}"],
         ignore_merges: false,
         add_bos: false,
     },
@@ -265,17 +231,12 @@ impl Tokenizer {
 
         let vocab = inner.get_vocab(true);
         let vocab_size = vocab.values().max().map_or(0, |&m| m as usize + 1);
-        let text_kind = inner
-            .get_decoder()
-            .map_or(TokenText::Raw, decoder_text_kind);
+        let text_kind = inner.get_decoder().map_or(TokenText::Raw, decoder_text_kind);
         let added = inner.get_added_tokens_decoder();
         let mut bytes = vec![Vec::new(); vocab_size];
         for (text, &id) in &vocab {
-            bytes[id as usize] = if added.contains_key(&id) {
-                text.as_bytes().to_vec()
-            } else {
-                token_text_to_bytes(text, text_kind)
-            };
+            bytes[id as usize] =
+                if added.contains_key(&id) { text.as_bytes().to_vec() } else { token_text_to_bytes(text, text_kind) };
         }
 
         let lookup = |text: &str| inner.token_to_id(text);
@@ -291,10 +252,8 @@ impl Tokenizer {
             .or_else(|| BOS_TEXTS.iter().find_map(|t| lookup(t)));
 
         let mut eos = Vec::new();
-        if let Some(id) = tokenizer_config
-            .as_ref()
-            .and_then(|c| special_token_text(c, "eos_token"))
-            .and_then(|t| lookup(&t))
+        if let Some(id) =
+            tokenizer_config.as_ref().and_then(|c| special_token_text(c, "eos_token")).and_then(|t| lookup(&t))
         {
             eos.push(id);
         }
@@ -305,26 +264,16 @@ impl Tokenizer {
         dedup_in_order(&mut eos);
 
         // add BOS: tokenizer_config.json, else whatever the post-processor does.
-        let add_bos = match tokenizer_config
-            .as_ref()
-            .and_then(|c| c.get("add_bos_token"))
-            .and_then(serde_json::Value::as_bool)
-        {
-            Some(flag) => flag,
-            None => match (bos, inner.encode_fast("", true)) {
-                (Some(bos), Ok(encoding)) => encoding.get_ids().first() == Some(&bos),
-                _ => false,
-            },
-        };
+        let add_bos =
+            match tokenizer_config.as_ref().and_then(|c| c.get("add_bos_token")).and_then(serde_json::Value::as_bool) {
+                Some(flag) => flag,
+                None => match (bos, inner.encode_fast("", true)) {
+                    (Some(bos), Ok(encoding)) => encoding.get_ids().first() == Some(&bos),
+                    _ => false,
+                },
+            };
 
-        Ok(Self {
-            inner,
-            bytes,
-            bos,
-            eos,
-            add_bos: add_bos && bos.is_some(),
-            decode_mode: DecodeMode::Inner,
-        })
+        Ok(Self { inner, bytes, bos, eos, add_bos: add_bos && bos.is_some(), decode_mode: DecodeMode::Inner })
     }
 
     /// Builds the byte-level BPE tokenizer stored in the metadata of a GGUF file.
@@ -357,36 +306,23 @@ impl Tokenizer {
             Some(v) => gguf_string(v, "tokenizer.ggml.pre")?,
             None => "default",
         };
-        let pre_name = if pre_name.is_empty() {
-            "default"
-        } else {
-            pre_name
-        };
-        let spec = PRE_TOKENIZERS
-            .iter()
-            .find(|s| s.names.contains(&pre_name))
-            .ok_or_else(|| {
-                let names: Vec<&str> = PRE_TOKENIZERS
-                    .iter()
-                    .flat_map(|s| s.names.iter().copied())
-                    .collect();
-                ModelError::Unsupported(format!(
-                    "GGUF pre-tokenizer '{pre_name}' (tokenizer.ggml.pre); supported: {}",
-                    names.join(", ")
-                ))
-            })?;
+        let pre_name = if pre_name.is_empty() { "default" } else { pre_name };
+        let spec = PRE_TOKENIZERS.iter().find(|s| s.names.contains(&pre_name)).ok_or_else(|| {
+            let names: Vec<&str> = PRE_TOKENIZERS.iter().flat_map(|s| s.names.iter().copied()).collect();
+            ModelError::Unsupported(format!(
+                "GGUF pre-tokenizer '{pre_name}' (tokenizer.ggml.pre); supported: {}",
+                names.join(", ")
+            ))
+        })?;
 
         let tokens = gguf_array(meta, "tokenizer.ggml.tokens")?
             .ok_or_else(|| missing("tokenizer.ggml.tokens"))?
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                v.to_string().map(String::as_str).map_err(|_| {
-                    bad(
-                        "tokenizer.ggml.tokens",
-                        format!("entry {i} is not a string"),
-                    )
-                })
+                v.to_string()
+                    .map(String::as_str)
+                    .map_err(|_| bad("tokenizer.ggml.tokens", format!("entry {i} is not a string")))
             })
             .collect::<Result<Vec<&str>, _>>()?;
         if tokens.is_empty() {
@@ -408,12 +344,8 @@ impl Tokenizer {
                     .iter()
                     .enumerate()
                     .map(|(i, v)| {
-                        gguf_int(v).ok_or_else(|| {
-                            bad(
-                                "tokenizer.ggml.token_type",
-                                format!("entry {i} is not an integer"),
-                            )
-                        })
+                        gguf_int(v)
+                            .ok_or_else(|| bad("tokenizer.ggml.token_type", format!("entry {i} is not an integer")))
                     })
                     .collect::<Result<_, _>>()?
             }
@@ -426,39 +358,26 @@ impl Tokenizer {
         for (id, text) in tokens.iter().enumerate() {
             vocab.insert((*text).to_owned(), id as u32);
         }
-        let merge_values = gguf_array(meta, "tokenizer.ggml.merges")?
-            .ok_or_else(|| missing("tokenizer.ggml.merges"))?;
+        let merge_values =
+            gguf_array(meta, "tokenizer.ggml.merges")?.ok_or_else(|| missing("tokenizer.ggml.merges"))?;
         let mut merges = Vec::with_capacity(merge_values.len());
         let mut dropped_merges = 0usize;
         for (i, v) in merge_values.iter().enumerate() {
-            let line = v.to_string().map_err(|_| {
-                bad(
-                    "tokenizer.ggml.merges",
-                    format!("entry {i} is not a string"),
-                )
-            })?;
-            let (left, right) = split_merge(line).ok_or_else(|| {
-                bad(
-                    "tokenizer.ggml.merges",
-                    format!("entry {i} ({line:?}) is not \"left right\""),
-                )
-            })?;
+            let line = v.to_string().map_err(|_| bad("tokenizer.ggml.merges", format!("entry {i} is not a string")))?;
+            let (left, right) = split_merge(line)
+                .ok_or_else(|| bad("tokenizer.ggml.merges", format!("entry {i} ({line:?}) is not \"left right\"")))?;
             // The tokenizers crate needs both sides and their concatenation in
             // the vocabulary. Well-formed vocabularies have no other merges
             // (llama.cpp would apply one and then fall back to byte tokens).
             let joined = format!("{left}{right}");
-            if vocab.contains_key(left) && vocab.contains_key(right) && vocab.contains_key(&joined)
-            {
+            if vocab.contains_key(left) && vocab.contains_key(right) && vocab.contains_key(&joined) {
                 merges.push((left.to_owned(), right.to_owned()));
             } else {
                 dropped_merges += 1;
             }
         }
         if dropped_merges > 0 {
-            tracing::warn!(
-                dropped_merges,
-                "GGUF merges whose tokens are not in the vocabulary were ignored"
-            );
+            tracing::warn!(dropped_merges, "GGUF merges whose tokens are not in the vocabulary were ignored");
         }
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
@@ -468,42 +387,26 @@ impl Tokenizer {
 
         let mut steps = Vec::with_capacity(spec.regexes.len() + 1);
         for regex in spec.regexes {
-            let split = Split::new(
-                SplitPattern::Regex((*regex).to_owned()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(|e| {
-                ModelError::Tokenizer(format!(
-                    "pre-tokenizer regex {regex:?} does not compile: {e}"
-                ))
+            let split = Split::new(SplitPattern::Regex((*regex).to_owned()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(|e| {
+                ModelError::Tokenizer(format!("pre-tokenizer regex {regex:?} does not compile: {e}"))
             })?;
             steps.push(PreTokenizerWrapper::Split(split));
         }
-        steps.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
-            false, false, false,
-        )));
+        steps.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)));
 
         let mut inner = tokenizers::Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(steps))));
-        inner.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(
-            false, false, false,
-        ))));
+        inner.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(false, false, false))));
 
         // Tokens matched literally before pre-tokenization.
         let added: Vec<AddedToken> = tokens
             .iter()
             .zip(&types)
             .filter(|(text, ty)| {
-                !text.is_empty()
-                    && matches!(
-                        **ty,
-                        token_type::CONTROL | token_type::USER_DEFINED | token_type::UNKNOWN
-                    )
+                !text.is_empty() && matches!(**ty, token_type::CONTROL | token_type::USER_DEFINED | token_type::UNKNOWN)
             })
-            .map(|(text, ty)| {
-                AddedToken::from(*text, *ty != token_type::USER_DEFINED).normalized(false)
-            })
+            .map(|(text, ty)| AddedToken::from(*text, *ty != token_type::USER_DEFINED).normalized(false))
             .collect();
         inner
             .add_special_tokens(added)
@@ -513,12 +416,8 @@ impl Tokenizer {
             .iter()
             .zip(&types)
             .map(|(text, ty)| match *ty {
-                token_type::CONTROL | token_type::USER_DEFINED | token_type::UNKNOWN => {
-                    text.as_bytes().to_vec()
-                }
-                token_type::BYTE => {
-                    parse_byte_token(text).map_or_else(|| text.as_bytes().to_vec(), |b| vec![b])
-                }
+                token_type::CONTROL | token_type::USER_DEFINED | token_type::UNKNOWN => text.as_bytes().to_vec(),
+                token_type::BYTE => parse_byte_token(text).map_or_else(|| text.as_bytes().to_vec(), |b| vec![b]),
                 _ => token_text_to_bytes(text, TokenText::ByteLevel),
             })
             .collect();
@@ -533,30 +432,17 @@ impl Tokenizer {
                 Ok(id) if (id as usize) < vocab_size => Ok(Some(id)),
                 // llama.cpp ignores out-of-range special ids (-1 means "none").
                 _ => {
-                    tracing::warn!(
-                        key,
-                        id,
-                        vocab_size,
-                        "special token id out of range, ignored"
-                    );
+                    tracing::warn!(key, id, vocab_size, "special token id out of range, ignored");
                     Ok(None)
                 }
             }
         };
         let bos = special_id("tokenizer.ggml.bos_token_id")?;
         let mut eos = Vec::new();
-        for key in [
-            "tokenizer.ggml.eos_token_id",
-            "tokenizer.ggml.eot_token_id",
-            "tokenizer.ggml.eom_token_id",
-        ] {
+        for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
             eos.extend(special_id(key)?);
         }
-        eos.extend(
-            END_OF_GENERATION_TEXTS
-                .iter()
-                .filter_map(|t| inner.token_to_id(t)),
-        );
+        eos.extend(END_OF_GENERATION_TEXTS.iter().filter_map(|t| inner.token_to_id(t)));
         dedup_in_order(&mut eos);
 
         let add_bos = match meta.get("tokenizer.ggml.add_bos_token") {
@@ -565,14 +451,7 @@ impl Tokenizer {
             None => spec.add_bos,
         };
 
-        Ok(Self {
-            inner,
-            bytes,
-            bos,
-            eos,
-            add_bos: add_bos && bos.is_some(),
-            decode_mode: DecodeMode::Bytes,
-        })
+        Ok(Self { inner, bytes, bos, eos, add_bos: add_bos && bos.is_some(), decode_mode: DecodeMode::Bytes })
     }
 
     /// Encodes `text` to token ids, with the BOS token first if `add_bos` is
@@ -584,10 +463,8 @@ impl Tokenizer {
     /// added: no EOS, no post-processor template. The empty string gives no
     /// ids (or just BOS).
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, ModelError> {
-        let encoding = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(|e| ModelError::Tokenizer(format!("cannot encode: {e}")))?;
+        let encoding =
+            self.inner.encode_fast(text, false).map_err(|e| ModelError::Tokenizer(format!("cannot encode: {e}")))?;
         let mut ids = Vec::with_capacity(encoding.len() + 1);
         if add_bos && let Some(bos) = self.bos {
             ids.push(bos);
@@ -615,16 +492,12 @@ impl Tokenizer {
         }
         match self.decode_mode {
             DecodeMode::Bytes => {
-                let bytes: Vec<u8> = ids
-                    .iter()
-                    .flat_map(|&id| self.token_bytes(id).iter().copied())
-                    .collect();
+                let bytes: Vec<u8> = ids.iter().flat_map(|&id| self.token_bytes(id).iter().copied()).collect();
                 Ok(String::from_utf8_lossy(&bytes).into_owned())
             }
-            DecodeMode::Inner => self
-                .inner
-                .decode(ids, false)
-                .map_err(|e| ModelError::Tokenizer(format!("cannot decode: {e}"))),
+            DecodeMode::Inner => {
+                self.inner.decode(ids, false).map_err(|e| ModelError::Tokenizer(format!("cannot decode: {e}")))
+            }
         }
     }
 
@@ -741,9 +614,9 @@ fn parse_byte_token(text: &str) -> Option<u8> {
 fn decoder_text_kind(decoder: &DecoderWrapper) -> TokenText {
     match decoder {
         DecoderWrapper::ByteLevel(_) => TokenText::ByteLevel,
-        DecoderWrapper::Metaspace(_)
-        | DecoderWrapper::ByteFallback(_)
-        | DecoderWrapper::Replace(_) => TokenText::SentencePiece,
+        DecoderWrapper::Metaspace(_) | DecoderWrapper::ByteFallback(_) | DecoderWrapper::Replace(_) => {
+            TokenText::SentencePiece
+        }
         DecoderWrapper::Sequence(seq) => {
             let kinds: Vec<TokenText> = seq.get_decoders().iter().map(decoder_text_kind).collect();
             if kinds.contains(&TokenText::ByteLevel) {
@@ -781,19 +654,11 @@ fn bad(key: &str, detail: impl fmt::Display) -> ModelError {
 }
 
 fn gguf_string<'a>(value: &'a Value, key: &str) -> Result<&'a str, ModelError> {
-    value
-        .to_string()
-        .map(String::as_str)
-        .map_err(|_| bad(key, "not a string"))
+    value.to_string().map(String::as_str).map_err(|_| bad(key, "not a string"))
 }
 
-fn gguf_array<'a>(
-    meta: &'a HashMap<String, Value>,
-    key: &str,
-) -> Result<Option<&'a Vec<Value>>, ModelError> {
-    meta.get(key)
-        .map(|v| v.to_vec().map_err(|_| bad(key, "not an array")))
-        .transpose()
+fn gguf_array<'a>(meta: &'a HashMap<String, Value>, key: &str) -> Result<Option<&'a Vec<Value>>, ModelError> {
+    meta.get(key).map(|v| v.to_vec().map_err(|_| bad(key, "not an array"))).transpose()
 }
 
 /// Any GGUF integer as i64 (u64 above i64::MAX gives None).
@@ -819,19 +684,14 @@ fn read_json_sibling(dir: &Path, name: &str) -> Result<Option<serde_json::Value>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(ModelError::io(path, e)),
     };
-    serde_json::from_slice(&text)
-        .map(Some)
-        .map_err(|e| ModelError::invalid(path, format!("bad JSON: {e}")))
+    serde_json::from_slice(&text).map(Some).map_err(|e| ModelError::invalid(path, format!("bad JSON: {e}")))
 }
 
 /// `bos_token` / `eos_token` of a `tokenizer_config.json`: a string or an
 /// object with a `content` string.
 fn special_token_text(config: &serde_json::Value, key: &str) -> Option<String> {
     let value = config.get(key)?;
-    value
-        .as_str()
-        .or_else(|| value.get("content").and_then(serde_json::Value::as_str))
-        .map(str::to_owned)
+    value.as_str().or_else(|| value.get("content").and_then(serde_json::Value::as_str)).map(str::to_owned)
 }
 
 /// `bos_token_id` / `eos_token_id` of a `config.json`: a number or a list.
@@ -882,22 +742,15 @@ mod tests {
         assert_eq!(parse_byte_token("<0xff>"), Some(0xFF));
         assert_eq!(parse_byte_token("<0x1>"), None);
         assert_eq!(parse_byte_token("<0x123>"), None);
-        assert_eq!(
-            token_text_to_bytes("▁Hello", TokenText::SentencePiece),
-            b" Hello"
-        );
+        assert_eq!(token_text_to_bytes("▁Hello", TokenText::SentencePiece), b" Hello");
     }
 
     #[test]
     fn every_pre_tokenizer_regex_compiles() {
         for spec in PRE_TOKENIZERS {
             for regex in spec.regexes {
-                Split::new(
-                    SplitPattern::Regex((*regex).to_owned()),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                )
-                .unwrap_or_else(|e| panic!("{:?}: {regex:?}: {e}", spec.names));
+                Split::new(SplitPattern::Regex((*regex).to_owned()), SplitDelimiterBehavior::Isolated, false)
+                    .unwrap_or_else(|e| panic!("{:?}: {regex:?}: {e}", spec.names));
             }
         }
     }
@@ -919,25 +772,14 @@ mod tests {
         let mut types = vec![Value::I32(1); 258];
         types.extend([Value::I32(3), Value::I32(3)]);
         let mut metadata = HashMap::new();
-        metadata.insert(
-            "tokenizer.ggml.model".to_owned(),
-            Value::String("gpt2".to_owned()),
-        );
-        metadata.insert(
-            "tokenizer.ggml.pre".to_owned(),
-            Value::String(pre.to_owned()),
-        );
-        metadata.insert(
-            "tokenizer.ggml.tokens".to_owned(),
-            Value::Array(tokens.into_iter().map(Value::String).collect()),
-        );
+        metadata.insert("tokenizer.ggml.model".to_owned(), Value::String("gpt2".to_owned()));
+        metadata.insert("tokenizer.ggml.pre".to_owned(), Value::String(pre.to_owned()));
+        metadata
+            .insert("tokenizer.ggml.tokens".to_owned(), Value::Array(tokens.into_iter().map(Value::String).collect()));
         metadata.insert("tokenizer.ggml.token_type".to_owned(), Value::Array(types));
         metadata.insert(
             "tokenizer.ggml.merges".to_owned(),
-            Value::Array(vec![
-                Value::String("h e".to_owned()),
-                Value::String("he l".to_owned()),
-            ]),
+            Value::Array(vec![Value::String("h e".to_owned()), Value::String("he l".to_owned())]),
         );
         metadata.insert("tokenizer.ggml.bos_token_id".to_owned(), Value::U32(258));
         metadata.insert("tokenizer.ggml.eos_token_id".to_owned(), Value::U32(259));
@@ -959,17 +801,11 @@ mod tests {
         assert_eq!(tok.encode("", false).unwrap(), Vec::<u32>::new());
         assert_eq!(tok.encode("", true).unwrap(), vec![258]);
         let ids = tok.encode("<|start|>hello<|end|>", true).unwrap();
-        assert_eq!(
-            ids,
-            vec![258, 258, 257, u32::from(b'l'), u32::from(b'o'), 259]
-        );
+        assert_eq!(ids, vec![258, 258, 257, u32::from(b'l'), u32::from(b'o'), 259]);
         assert_eq!(tok.decode(&ids).unwrap(), "<|start|><|start|>hello<|end|>");
         let text = "é 日本 🎉\n";
         let ids = tok.encode(text, false).unwrap();
-        let bytes: Vec<u8> = ids
-            .iter()
-            .flat_map(|&i| tok.token_bytes(i).to_vec())
-            .collect();
+        let bytes: Vec<u8> = ids.iter().flat_map(|&i| tok.token_bytes(i).to_vec()).collect();
         assert_eq!(bytes, text.as_bytes());
         assert_eq!(tok.decode(&ids).unwrap(), text);
         assert!(matches!(tok.decode(&[260]), Err(ModelError::Tokenizer(_))));
@@ -987,21 +823,12 @@ mod tests {
         };
         assert!(msg.contains("no-such-pre") && msg.contains("smollm") && msg.contains("llama-bpe"));
 
-        content.metadata.insert(
-            "tokenizer.ggml.model".to_owned(),
-            Value::String("llama".to_owned()),
-        );
+        content.metadata.insert("tokenizer.ggml.model".to_owned(), Value::String("llama".to_owned()));
         let err = Tokenizer::from_gguf(&content).unwrap_err();
-        assert!(
-            matches!(&err, ModelError::Unsupported(m) if m.contains("'llama'")),
-            "{err:?}"
-        );
+        assert!(matches!(&err, ModelError::Unsupported(m) if m.contains("'llama'")), "{err:?}");
 
         content.metadata.remove("tokenizer.ggml.model");
-        assert!(matches!(
-            Tokenizer::from_gguf(&content),
-            Err(ModelError::Tokenizer(_))
-        ));
+        assert!(matches!(Tokenizer::from_gguf(&content), Err(ModelError::Tokenizer(_))));
     }
 
     #[test]
@@ -1009,10 +836,7 @@ mod tests {
         let tok = Tokenizer::from_gguf(&tiny_content("llama-bpe")).unwrap();
         assert!(tok.add_bos_default());
         let mut content = tiny_content("llama-bpe");
-        content.metadata.insert(
-            "tokenizer.ggml.add_bos_token".to_owned(),
-            Value::Bool(false),
-        );
+        content.metadata.insert("tokenizer.ggml.add_bos_token".to_owned(), Value::Bool(false));
         assert!(!Tokenizer::from_gguf(&content).unwrap().add_bos_default());
     }
 }
