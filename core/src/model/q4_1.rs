@@ -80,9 +80,9 @@ impl CustomOp1 for Q4_1Matrix {
         let m = xs.len() / k;
         let data = self.weight.data()?;
         let weights = data.as_ref();
-        let acts: Vec<BlockQ8_1> = xs.chunks_exact(BLOCK).map(quantize_block).collect();
-        let mut out = vec![0f32; m * self.rows];
         let kernel = Kernel::detect();
+        let acts = kernel.quantize(xs);
+        let mut out = vec![0f32; m * self.rows];
         let (n, bpr) = (self.rows, self.blocks_per_row);
         let out_addr = out.as_mut_ptr() as usize;
         let row_tiles = m.div_ceil(ROW_TILE);
@@ -90,12 +90,18 @@ impl CustomOp1 for Q4_1Matrix {
             for item in items {
                 let (tile, row) = (item / n, item % n);
                 let w = &weights[row * bpr * BLOCK_BYTES..(row + 1) * bpr * BLOCK_BYTES];
-                for a in tile * ROW_TILE..m.min((tile + 1) * ROW_TILE) {
-                    let value = kernel.dot(w, &acts[a * bpr..(a + 1) * bpr]);
-                    // SAFETY: `a < m` and `row < n`, so the index is inside `out`, which
-                    // outlives this call; each (a, row) pair belongs to exactly one item,
-                    // so no two workers write the same element.
-                    unsafe { *(out_addr as *mut f32).add(a * n + row) = value };
+                let first = tile * ROW_TILE;
+                let last = m.min(first + ROW_TILE);
+                let act_row = |a: usize| &acts[a * bpr..(a + 1) * bpr];
+                // SAFETY (both writes): `a < m` and `row < n`, so the index is inside
+                // `out`, which outlives this call; each (a, row) pair belongs to exactly
+                // one item, so no two workers write the same element.
+                let store = |a: usize, value: f32| unsafe { *(out_addr as *mut f32).add(a * n + row) = value };
+                if last - first == ROW_TILE {
+                    let values = kernel.dot4(w, [act_row(first), act_row(first + 1), act_row(first + 2), act_row(first + 3)]);
+                    values.into_iter().enumerate().for_each(|(i, v)| store(first + i, v));
+                } else {
+                    (first..last).for_each(|a| store(a, kernel.dot(w, act_row(a))));
                 }
             }
         });
@@ -106,6 +112,7 @@ impl CustomOp1 for Q4_1Matrix {
 }
 
 /// Quantizes 32 activations like ggml's x86 `quantize_row_q8_1`.
+#[inline(always)]
 fn quantize_block(xs: &[f32]) -> BlockQ8_1 {
     let amax = xs.iter().fold(0f32, |m, x| m.max(x.abs()));
     let d = amax / 127.0;
@@ -137,6 +144,16 @@ impl Kernel {
         Self::Portable
     }
 
+    /// Quantizes activation rows (a multiple of 32 values) to Q8_1 blocks.
+    fn quantize(self, xs: &[f32]) -> Vec<BlockQ8_1> {
+        match self {
+            Self::Portable => xs.chunks_exact(BLOCK).map(quantize_block).collect(),
+            // SAFETY: `detect` checked that the CPU has AVX2, FMA and F16C.
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => unsafe { avx2::quantize(xs) },
+        }
+    }
+
     /// Dot product of one weight row (raw Q4_1 blocks) with one activation row.
     fn dot(self, weights: &[u8], acts: &[BlockQ8_1]) -> f32 {
         match self {
@@ -144,6 +161,17 @@ impl Kernel {
             // SAFETY: `detect` checked that the CPU has AVX2, FMA and F16C.
             #[cfg(target_arch = "x86_64")]
             Self::Avx2 => unsafe { avx2::dot(weights, acts) },
+        }
+    }
+
+    /// Dot products of one weight row with four activation rows (prefill): each
+    /// weight block is unpacked once for the four.
+    fn dot4(self, weights: &[u8], acts: [&[BlockQ8_1]; ROW_TILE]) -> [f32; ROW_TILE] {
+        match self {
+            Self::Portable => acts.map(|a| dot_portable(weights, a)),
+            // SAFETY: `detect` checked that the CPU has AVX2, FMA and F16C.
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => unsafe { avx2::dot4(weights, acts) },
         }
     }
 }
@@ -171,8 +199,17 @@ fn dot_portable(weights: &[u8], acts: &[BlockQ8_1]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{BLOCK_BYTES, BlockQ8_1};
+    use super::{BLOCK, BLOCK_BYTES, BlockQ8_1, quantize_block};
     use std::arch::x86_64::*;
+
+    /// [`quantize_block`] compiled for AVX2, where its rounding is one instruction.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn quantize(xs: &[f32]) -> Vec<BlockQ8_1> {
+        xs.chunks_exact(BLOCK).map(quantize_block).collect()
+    }
 
     /// AVX2 dot product of one Q4_1 row with one Q8_1 row.
     ///
@@ -202,10 +239,46 @@ mod avx2 {
                 mins += m * act.s;
             }
         }
-        let sum4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        hsum(acc) + mins
+    }
+
+    /// [`dot`] of one weight row against four activation rows at once.
+    ///
+    /// # Safety
+    /// As for [`dot`], for each of the four rows.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot4(weights: &[u8], acts: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+        let low_mask = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut mins = [0f32; 4];
+        for (b, block) in weights.chunks_exact(BLOCK_BYTES).enumerate() {
+            // SAFETY: as in `dot`; every activation row has a block `b`.
+            unsafe {
+                let scales = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([block[0], block[1], block[2], block[3]])));
+                let d = _mm_cvtss_f32(scales);
+                let m = _mm_cvtss_f32(_mm_shuffle_ps(scales, scales, 1));
+                let packed = _mm_loadu_si128(block[4..].as_ptr() as *const __m128i);
+                let w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low_mask);
+                for r in 0..4 {
+                    let act = &acts[r][b];
+                    let x = _mm256_loadu_si256(act.qs.as_ptr() as *const __m256i);
+                    let products = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * act.d), _mm256_cvtepi32_ps(products), acc[r]);
+                    mins[r] += m * act.s;
+                }
+            }
+        }
+        [0, 1, 2, 3].map(|r| hsum(acc[r]) + mins[r])
+    }
+
+    /// Sum of the eight lanes, in ggml's order.
+    #[target_feature(enable = "avx2")]
+    fn hsum(v: __m256) -> f32 {
+        let sum4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let sum2 = _mm_add_ps(sum4, _mm_movehl_ps(sum4, sum4));
         let sum1 = _mm_add_ss(sum2, _mm_shuffle_ps(sum2, sum2, 1));
-        _mm_cvtss_f32(sum1) + mins
+        _mm_cvtss_f32(sum1)
     }
 }
 
@@ -258,15 +331,20 @@ mod tests {
     fn simd_and_portable_kernels_agree_and_batched_inputs_work() {
         let w = QTensor::quantize(&random((40, 256), 3), GgmlDType::Q4_1).unwrap();
         let x = random((6, 256), 4);
-        let acts: Vec<BlockQ8_1> =
-            x.flatten_all().unwrap().to_vec1::<f32>().unwrap().chunks_exact(BLOCK).map(quantize_block).collect();
-        let data = w.data().unwrap().into_owned();
+        let flat = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let acts: Vec<BlockQ8_1> = flat.chunks_exact(BLOCK).map(quantize_block).collect();
         let kernel = Kernel::detect();
+        let fast = kernel.quantize(&flat);
+        assert!(fast.iter().zip(&acts).all(|(a, b)| a.qs == b.qs && a.d == b.d && a.s == b.s));
+        let data = w.data().unwrap().into_owned();
         for (row, a) in (0..40).zip((0..6).cycle()) {
             let wr = &data[row * 8 * BLOCK_BYTES..(row + 1) * 8 * BLOCK_BYTES];
             let ar = &acts[a * 8..(a + 1) * 8];
             let (simd, plain) = (kernel.dot(wr, ar), dot_portable(wr, ar));
             assert!((simd - plain).abs() <= 1e-4 * plain.abs().max(1.0), "{simd} vs {plain}");
+            // The four-row kernel gives bit-identical results to four single-row calls.
+            let rows = [0, 1, 2, 3].map(|i| &acts[((a + i) % 6) * 8..((a + i) % 6 + 1) * 8]);
+            assert_eq!(kernel.dot4(wr, rows), rows.map(|r| kernel.dot(wr, r)));
         }
         let matrix = Q4_1Matrix::from_qtensor(w).unwrap();
         let flat = matrix.forward(&x).unwrap();
