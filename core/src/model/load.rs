@@ -87,7 +87,7 @@ fn load_gguf(path: &Path, progress: &mut dyn FnMut(f32)) -> Result<LoadedModel, 
 
 fn load_safetensors_dir(dir: &Path, progress: &mut dyn FnMut(f32)) -> Result<LoadedModel, ModelError> {
     let cfg = LlamaConfig::from_config_json(&dir.join("config.json"))?;
-    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))?;
     let files = safetensors_files(dir)?;
     // SAFETY: the files are memory-mapped read-only; like every mmap-based loader we
     // rely on them not being truncated while loading (the tensors are copied out).

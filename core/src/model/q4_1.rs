@@ -98,7 +98,8 @@ impl CustomOp1 for Q4_1Matrix {
                 // one item, so no two workers write the same element.
                 let store = |a: usize, value: f32| unsafe { *(out_addr as *mut f32).add(a * n + row) = value };
                 if last - first == ROW_TILE {
-                    let values = kernel.dot4(w, [act_row(first), act_row(first + 1), act_row(first + 2), act_row(first + 3)]);
+                    let values =
+                        kernel.dot4(w, [act_row(first), act_row(first + 1), act_row(first + 2), act_row(first + 3)]);
                     values.into_iter().enumerate().for_each(|(i, v)| store(first + i, v));
                 } else {
                     (first..last).for_each(|a| store(a, kernel.dot(w, act_row(a))));
@@ -255,7 +256,8 @@ mod avx2 {
         for (b, block) in weights.chunks_exact(BLOCK_BYTES).enumerate() {
             // SAFETY: as in `dot`; every activation row has a block `b`.
             unsafe {
-                let scales = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([block[0], block[1], block[2], block[3]])));
+                let scales =
+                    _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([block[0], block[1], block[2], block[3]])));
                 let d = _mm_cvtss_f32(scales);
                 let m = _mm_cvtss_f32(_mm_shuffle_ps(scales, scales, 1));
                 let packed = _mm_loadu_si128(block[4..].as_ptr() as *const __m128i);

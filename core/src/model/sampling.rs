@@ -105,31 +105,29 @@ impl Sampler {
             c.select_nth_unstable_by(o.top_k - 1, by_logit_desc);
             c.truncate(o.top_k);
         }
-        c.sort_unstable_by(by_logit_desc);
+        let max = c.iter().map(|(_, l)| *l).fold(f32::NEG_INFINITY, f32::max);
         // Probabilities at temperature 1 for the top-p and min-p filters, as llama.cpp does.
-        let max = c[0].1;
-        let weights: Vec<f32> = c.iter().map(|(_, l)| (l - max).exp()).collect();
-        let total: f32 = weights.iter().sum();
-        let mut keep = c.len();
         if o.top_p < 1.0 {
+            c.sort_unstable_by(by_logit_desc);
+            let total: f32 = c.iter().map(|(_, l)| (l - max).exp()).sum();
             let mut cumulative = 0.0;
-            for (i, w) in weights.iter().enumerate() {
-                cumulative += w / total;
-                if cumulative >= o.top_p {
-                    keep = i + 1;
-                    break;
-                }
-            }
+            let keep = c
+                .iter()
+                .position(|(_, l)| {
+                    cumulative += (l - max).exp() / total;
+                    cumulative >= o.top_p
+                })
+                .map_or(c.len(), |i| i + 1);
+            c.truncate(keep);
         }
         if o.min_p > 0.0 {
-            // weights[0] is 1 (the most likely token), so this is p / p_max.
-            keep = keep.min(weights.iter().take_while(|&&w| w >= o.min_p).count().max(1));
+            // exp(l - max) is p / p_max; the most likely token always stays.
+            c.retain(|(_, l)| (l - max).exp() >= o.min_p);
         }
-        c.truncate(keep);
         let scaled: Vec<f32> = c.iter().map(|(_, l)| ((l - max) / o.temperature).exp()).collect();
         match WeightedIndex::new(&scaled) {
             Ok(dist) => c[dist.sample(&mut self.rng)].0,
-            Err(_) => c[0].0,
+            Err(_) => c.iter().copied().min_by(by_logit_desc).map_or(0, |(id, _)| id),
         }
     }
 }
