@@ -48,7 +48,7 @@ fn convert(source: &Path, target: &Path, dtype: GgmlDType) {
                 GgmlDType::F32
             } else if name.as_str() == "token_embd.weight" && !matches!(dtype, GgmlDType::F32 | GgmlDType::F16) {
                 GgmlDType::Q8_0
-            } else if cols % dtype.block_size() == 0 {
+            } else if cols.is_multiple_of(dtype.block_size()) {
                 dtype
             } else {
                 GgmlDType::Q8_0
