@@ -22,10 +22,10 @@ import json
 import os
 import platform
 import subprocess
-import sys
+
+from llamacpp_env import log, reexec_under_venv
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-VENV_SCRIPT = os.path.join(REPO_ROOT, "core", "scripts", "llamacpp-venv.sh")
 FETCH_SCRIPT = os.path.join(REPO_ROOT, "models", "fetch-base-model.sh")
 DEFAULT_OUT_DIR = os.path.join(REPO_ROOT, "core", "tests", "fixtures", "golden")
 
@@ -39,28 +39,6 @@ SEED = 0
 TOP_K = 20
 N_GREEDY = 32
 REGENERATE_COMMAND = "python core/scripts/golden_reference.py"
-
-
-def ensure_llama_cpp():
-    """Re-executes this script under the llama-cpp-python venv if needed."""
-    try:
-        import llama_cpp  # noqa: F401
-        import jinja2  # noqa: F401
-        import numpy  # noqa: F401
-        return
-    except ImportError:
-        pass
-    if os.environ.get("MOE_EDGE_REEXECED") == "1":
-        sys.exit("error: llama_cpp/jinja2/numpy still missing inside the venv")
-    venv_python = subprocess.run(
-        ["bash", VENV_SCRIPT], check=True, stdout=subprocess.PIPE, text=True
-    ).stdout.strip().splitlines()[-1]
-    os.environ["MOE_EDGE_REEXECED"] = "1"
-    os.execv(venv_python, [venv_python, os.path.abspath(__file__), *sys.argv[1:]])
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
 
 
 def sha256_file(path):
@@ -201,7 +179,7 @@ def main():
     parser.add_argument("--out-dir", default=DEFAULT_OUT_DIR)
     args = parser.parse_args()
 
-    ensure_llama_cpp()
+    reexec_under_venv(__file__, ["llama_cpp", "jinja2", "numpy"])
     import jinja2
     import llama_cpp
     import numpy as np

@@ -19,40 +19,16 @@
 import argparse
 import os
 import statistics
-import subprocess
-import sys
+
+from llamacpp_env import log, reexec_under_venv
 import time
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-VENV_SCRIPT = os.path.join(REPO_ROOT, "core", "scripts", "llamacpp-venv.sh")
 
 PROMPT_TOKENS = 512
 DECODE_TOKENS = 128
 N_CTX = 1024
 N_BATCH = 512
-
-
-def ensure_llama_cpp():
-    """Re-executes this script under the llama-cpp-python venv if needed.
-
-    exec replaces the process image, so VmHWM starts afresh in the new one."""
-    try:
-        import llama_cpp  # noqa: F401
-        import numpy  # noqa: F401
-        return
-    except ImportError:
-        pass
-    if os.environ.get("MOE_EDGE_REEXECED") == "1":
-        sys.exit("error: llama_cpp/numpy still missing inside the venv")
-    venv_python = subprocess.run(
-        ["bash", VENV_SCRIPT], check=True, stdout=subprocess.PIPE, text=True
-    ).stdout.strip().splitlines()[-1]
-    os.environ["MOE_EDGE_REEXECED"] = "1"
-    os.execv(venv_python, [venv_python, os.path.abspath(__file__), *sys.argv[1:]])
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
 
 
 def proc_status_mb(field):
@@ -105,7 +81,7 @@ def main():
     if args.repeat < 1 or args.threads < 1:
         parser.error("--repeat and --threads must be at least 1")
 
-    ensure_llama_cpp()
+    reexec_under_venv(__file__, ["llama_cpp", "numpy"])
     import json
 
     import llama_cpp

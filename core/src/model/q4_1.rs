@@ -218,27 +218,12 @@ mod avx2 {
     /// The CPU must support AVX2, FMA and F16C; `weights` holds `acts.len()` blocks.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot(weights: &[u8], acts: &[BlockQ8_1]) -> f32 {
-        let low_mask = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
         let mut acc = _mm256_setzero_ps();
         let mut mins = 0f32;
         for (block, act) in weights.chunks_exact(BLOCK_BYTES).zip(acts) {
-            // SAFETY: `block` has 20 bytes: 4 bytes of scales then 16 of nibbles, and
-            // `act.qs` has 32 bytes; unaligned loads read exactly those.
-            unsafe {
-                let scales =
-                    _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([block[0], block[1], block[2], block[3]])));
-                let d = _mm_cvtss_f32(scales);
-                let m = _mm_cvtss_f32(_mm_shuffle_ps(scales, scales, 1));
-                let packed = _mm_loadu_si128(block[4..].as_ptr() as *const __m128i);
-                // Low nibbles are values 0..16 of the block, high nibbles 16..32.
-                let nibbles = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-                let w = _mm256_and_si256(nibbles, low_mask);
-                let x = _mm256_loadu_si256(act.qs.as_ptr() as *const __m256i);
-                let products = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * act.d), _mm256_cvtepi32_ps(products), acc);
-                mins += m * act.s;
-            }
+            let (d, m, w) = unpack(block);
+            acc = accumulate(w, d, act, acc);
+            mins += m * act.s;
         }
         hsum(acc) + mins
     }
@@ -249,29 +234,40 @@ mod avx2 {
     /// As for [`dot`], for each of the four rows.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot4(weights: &[u8], acts: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-        let low_mask = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut mins = [0f32; 4];
         for (b, block) in weights.chunks_exact(BLOCK_BYTES).enumerate() {
-            // SAFETY: as in `dot`; every activation row has a block `b`.
-            unsafe {
-                let scales =
-                    _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([block[0], block[1], block[2], block[3]])));
-                let d = _mm_cvtss_f32(scales);
-                let m = _mm_cvtss_f32(_mm_shuffle_ps(scales, scales, 1));
-                let packed = _mm_loadu_si128(block[4..].as_ptr() as *const __m128i);
-                let w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low_mask);
-                for r in 0..4 {
-                    let act = &acts[r][b];
-                    let x = _mm256_loadu_si256(act.qs.as_ptr() as *const __m256i);
-                    let products = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * act.d), _mm256_cvtepi32_ps(products), acc[r]);
-                    mins[r] += m * act.s;
-                }
+            let (d, m, w) = unpack(block);
+            for r in 0..4 {
+                let act = &acts[r][b];
+                acc[r] = accumulate(w, d, act, acc[r]);
+                mins[r] += m * act.s;
             }
         }
         [0, 1, 2, 3].map(|r| hsum(acc[r]) + mins[r])
+    }
+
+    /// The scale, the minimum and the 32 weights (as bytes 0..16) of one Q4_1 block;
+    /// low nibbles are values 0..16 of the block, high nibbles 16..32.
+    #[target_feature(enable = "avx2,f16c")]
+    fn unpack(block: &[u8]) -> (f32, f32, __m256i) {
+        let scales = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([block[0], block[1], block[2], block[3]])));
+        let d = _mm_cvtss_f32(scales);
+        let m = _mm_cvtss_f32(_mm_shuffle_ps(scales, scales, 1));
+        let nibbles: [u8; 16] = block[4..BLOCK_BYTES].try_into().expect("a block has 16 bytes of nibbles");
+        // SAFETY: `nibbles` is 16 bytes; an unaligned load reads exactly those.
+        let packed = unsafe { _mm_loadu_si128(nibbles.as_ptr() as *const __m128i) };
+        let w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0F));
+        (d, m, w)
+    }
+
+    /// `acc + d_w·d_x · Σ q_w·q_x` over one block, as eight partial lanes.
+    #[target_feature(enable = "avx2,fma")]
+    fn accumulate(w: __m256i, d: f32, act: &BlockQ8_1, acc: __m256) -> __m256 {
+        // SAFETY: `act.qs` is 32 bytes; an unaligned load reads exactly those.
+        let x = unsafe { _mm256_loadu_si256(act.qs.as_ptr() as *const __m256i) };
+        let products = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
+        _mm256_fmadd_ps(_mm256_set1_ps(d * act.d), _mm256_cvtepi32_ps(products), acc)
     }
 
     /// Sum of the eight lanes, in ggml's order.
