@@ -71,6 +71,8 @@ fn stops_seeds_and_reports() {
     let model = LocalModel::load(&path).unwrap();
     let prompt = "What is the capital of France? Answer in one sentence.";
     let (pieces, report) = stream(&model, prompt, &greedy(64));
+    // Expected values from llama.cpp (fixtures/golden/smollm2-135m-q4_1.json): the greedy
+    // text up to its first EOS, and `n_prompt_tokens` of the same chat prompt.
     assert_eq!(pieces.concat(), "The capital of France is Paris.");
     assert_eq!(report.stop_reason, StopReason::EndOfSequence);
     assert_eq!(report.prompt_tokens, 42);
