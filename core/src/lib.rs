@@ -6,3 +6,5 @@
 //! the orchestrator behind `generate()`.
 
 pub mod model;
+#[cfg(feature = "plot")]
+pub mod plot;

@@ -1,0 +1,65 @@
+//! The `moe-edge` command line. Each subcommand lives in its own module; this
+//! file only parses arguments, sets up threads and logging, and dispatches.
+
+mod bench;
+mod generate;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use moe_edge::model::LocalModel;
+
+#[derive(Parser)]
+#[command(name = "moe-edge", version, about = "Mixture of experts on the phone and nearby edge servers")]
+struct Cli {
+    /// Compute threads (default: physical cores). Fixed for the whole process.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text with a local model, streaming it to stdout.
+    Generate(generate::GenerateArgs),
+    /// Measure prefill and decode speed, time to first token and peak memory.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        // SAFETY: set before any other thread exists; candle sizes its pools from these.
+        unsafe {
+            std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args, cli.threads),
+    }
+}
+
+/// Loads a model behind a progress bar on stderr.
+pub fn load_model(path: &Path, quiet: bool) -> Result<LocalModel> {
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(1000) };
+    bar.set_style(
+        ProgressStyle::with_template("loading {msg} [{bar:30}] {percent}% {elapsed}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    let model = LocalModel::load_with_progress(path, &mut |f| bar.set_position((f * 1000.0) as u64))
+        .with_context(|| format!("loading {}", path.display()))?;
+    bar.finish_and_clear();
+    Ok(model)
+}
