@@ -9,12 +9,12 @@ use std::time::Instant;
 
 use moe_edge::model::{CancelToken, LocalModel, StopReason as CoreStopReason};
 
+use crate::MoeError;
 use crate::error::no_panic;
 use crate::types::{
     DeviceState, EdgeServerStatus, EngineConfig, EngineStatus, GenerateOptions, GenerationEvent, GenerationListener,
     GenerationResult, StopReason, SubtaskReport, existing_path,
 };
-use crate::MoeError;
 
 const MB: u64 = 1024 * 1024;
 /// Name of the phone in placements.

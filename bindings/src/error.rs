@@ -45,7 +45,9 @@ impl MoeError {
             | ModelError::Truncated { .. }
             | ModelError::Invalid { .. }
             | ModelError::Unsupported(_) => Self::ModelLoad(error.to_string()),
-            ModelError::Tokenizer(_) | ModelError::Template(_) | ModelError::Compute(_) => Self::Other(error.to_string()),
+            ModelError::Tokenizer(_) | ModelError::Template(_) | ModelError::Compute(_) => {
+                Self::Other(error.to_string())
+            }
         }
     }
 }
@@ -90,6 +92,9 @@ mod tests {
         assert!(matches!(MoeError::from_generate(ModelError::Unsupported("x".into())), MoeError::ModelLoad(_)));
         assert!(matches!(MoeError::from_generate(ModelError::Template("x".into())), MoeError::Other(_)));
         let callback = uniffi::UnexpectedUniFFICallbackError::new("java.lang.IllegalStateException: gone");
-        assert_eq!(MoeError::from(callback), MoeError::Other("listener failed: java.lang.IllegalStateException: gone".into()));
+        assert_eq!(
+            MoeError::from(callback),
+            MoeError::Other("listener failed: java.lang.IllegalStateException: gone".into())
+        );
     }
 }

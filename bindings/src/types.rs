@@ -48,7 +48,9 @@ impl EdgeServerConfig {
             return bad("address must be host:port".into());
         };
         let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-        if host.is_empty() || host.contains(char::is_whitespace) || (host.contains(':') && !self.address.starts_with('['))
+        if host.is_empty()
+            || host.contains(char::is_whitespace)
+            || (host.contains(':') && !self.address.starts_with('['))
         {
             return bad("address must be host:port".into());
         }
@@ -192,7 +194,12 @@ impl GenerateOptions {
         if self.stop.iter().any(String::is_empty) {
             return Err(MoeError::InvalidInput("stop strings must not be empty".into()));
         }
-        Ok(model::GenerateOptions { sampling, max_tokens: self.max_tokens as usize, stop: self.stop.clone(), chat: self.chat })
+        Ok(model::GenerateOptions {
+            sampling,
+            max_tokens: self.max_tokens as usize,
+            stop: self.stop.clone(),
+            chat: self.chat,
+        })
     }
 }
 
