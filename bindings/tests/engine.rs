@@ -50,12 +50,15 @@ struct Recorder {
     cancel_at: Option<(usize, Arc<CancelHandle>)>,
 }
 
-impl GenerationListener for Arc<Recorder> {
+/// The listener handed to the engine: a shared handle on a [`Recorder`] the test keeps reading.
+struct Tap(Arc<Recorder>);
+
+impl GenerationListener for Tap {
     fn on_text(&self, subtask: u32, text: String) -> Result<(), MoeError> {
         assert_eq!(subtask, 0);
-        let mut pieces = self.pieces.lock().unwrap();
+        let mut pieces = self.0.pieces.lock().unwrap();
         pieces.push(text);
-        if let Some((n, handle)) = &self.cancel_at
+        if let Some((n, handle)) = &self.0.cancel_at
             && pieces.len() == *n
         {
             handle.cancel();
@@ -64,7 +67,7 @@ impl GenerationListener for Arc<Recorder> {
     }
 
     fn on_event(&self, event: GenerationEvent) -> Result<(), MoeError> {
-        self.events.lock().unwrap().push(event);
+        self.0.events.lock().unwrap().push(event);
         Ok(())
     }
 }
@@ -115,7 +118,7 @@ fn generates_cancels_and_budgets_on_the_base_model() {
     let prompt = "What is the capital of France? Answer in one sentence.";
 
     let rec = Arc::new(Recorder::default());
-    let result = engine.generate(prompt.into(), greedy(64), Box::new(Arc::clone(&rec)), None).unwrap();
+    let result = engine.generate(prompt.into(), greedy(64), Box::new(Tap(Arc::clone(&rec))), None).unwrap();
     // The same text and prompt length as llama.cpp (core/tests/generation.rs).
     assert_eq!(result.text, "The capital of France is Paris.");
     assert_eq!(rec.pieces.lock().unwrap().concat(), result.text);
@@ -131,12 +134,12 @@ fn generates_cancels_and_budgets_on_the_base_model() {
     let handle = CancelHandle::new();
     let rec = Arc::new(Recorder { cancel_at: Some((2, Arc::clone(&handle))), ..Recorder::default() });
     let long = "Tell me a long story about a dragon.";
-    let err = engine.generate(long.into(), greedy(200), Box::new(Arc::clone(&rec)), Some(handle)).unwrap_err();
+    let err = engine.generate(long.into(), greedy(200), Box::new(Tap(Arc::clone(&rec))), Some(handle)).unwrap_err();
     assert_eq!(err, MoeError::Cancelled);
     assert!(rec.pieces.lock().unwrap().len() <= 3);
 
     assert!(matches!(
-        engine.generate(" ".into(), greedy(8), Box::new(Arc::new(Recorder::default())), None),
+        engine.generate(" ".into(), greedy(8), Box::new(Tap(Arc::default())), None),
         Err(MoeError::InvalidInput(_))
     ));
     assert!(matches!(engine.set_device_state(0.5, true, 2.0), Err(MoeError::InvalidInput(_))));
@@ -148,6 +151,6 @@ fn generates_cancels_and_budgets_on_the_base_model() {
     // A budget that fits the weights but not the KV cache of this request.
     let weights_mb = std::fs::metadata(path).unwrap().len().div_ceil(1 << 20) as u32;
     let tight = MoeEngine::new(EngineConfig { memory_budget_mb: weights_mb + 2, ..config(path) }).unwrap();
-    let err = tight.generate(prompt.into(), greedy(64), Box::new(Arc::new(Recorder::default())), None).unwrap_err();
+    let err = tight.generate(prompt.into(), greedy(64), Box::new(Tap(Arc::default())), None).unwrap_err();
     assert!(matches!(err, MoeError::Busy(_)), "{err:?}");
 }
