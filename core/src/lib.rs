@@ -5,6 +5,8 @@
 //! runtime ([`model`]), and (as they land) the gate, the policy, edge offload and
 //! the orchestrator behind `generate()`.
 
+pub mod gate;
+pub mod manifest;
 pub mod model;
 #[cfg(feature = "plot")]
 pub mod plot;
