@@ -8,3 +8,4 @@
 pub mod model;
 #[cfg(feature = "plot")]
 pub mod plot;
+pub mod policy;
