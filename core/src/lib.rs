@@ -10,3 +10,4 @@ pub mod manifest;
 pub mod model;
 #[cfg(feature = "plot")]
 pub mod plot;
+pub mod policy;
