@@ -52,6 +52,9 @@ impl Default for GateTrainOptions {
 pub fn snippet(text: &str, rng: &mut StdRng) -> String {
     let len = rng.random_range(16..=400usize).min(text.len());
     let mut start = rng.random_range(0..=text.len() - len);
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
     start = text[..start].rfind('\n').map_or(0, |nl| nl + 1);
     let mut end = (start + len).min(text.len());
     while !text.is_char_boundary(end) {

@@ -35,9 +35,16 @@ pub fn run(args: TrainGateArgs) -> Result<()> {
     let read =
         |split| DOMAINS.iter().map(|d| corpus::read_split(&cache, d, split)).collect::<Result<Vec<_>, ExpertError>>();
     let (train_texts, test_texts) = (read(Split::Train)?, read(Split::Test)?);
-    let as_strs = |v: &[String]| v.iter().map(String::as_str).collect::<Vec<_>>();
-    let train = labelled_snippets(&as_strs(&train_texts), opts.train_per_domain, opts.seed);
-    let test = labelled_snippets(&as_strs(&test_texts), opts.test_per_domain, opts.seed + 1);
+    let train = labelled_snippets(
+        &&train_texts.iter().map(String::as_str).collect::<Vec<_>>(),
+        opts.train_per_domain,
+        opts.seed,
+    );
+    let test = labelled_snippets(
+        &&test_texts.iter().map(String::as_str).collect::<Vec<_>>(),
+        opts.test_per_domain,
+        opts.seed + 1,
+    );
     let domains: Vec<String> = DOMAINS.iter().map(|d| d.to_string()).collect();
     let bar = ProgressBar::new(opts.steps as u64);
     bar.set_style(ProgressStyle::with_template("gate [{bar:30}] {pos}/{len} {msg} {elapsed}")?.progress_chars("=> "));
