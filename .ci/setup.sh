@@ -25,3 +25,7 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 
 MOE_EDGE_BASE_MODEL=$(bash "$(dirname "${BASH_SOURCE[0]}")/../models/fetch-base-model.sh")
 export MOE_EDGE_BASE_MODEL
+
+# --- experts and gate (issue 3): the domain corpora for their tests (cached) ---
+fetch_corpora="$(dirname "${BASH_SOURCE[0]}")/../core/scripts/fetch-corpora.sh"
+bash "$fetch_corpora" >/dev/null || { as_root apt-get update -q >&2 && bash "$fetch_corpora" >/dev/null; }

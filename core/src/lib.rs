@@ -5,6 +5,8 @@
 //! runtime ([`model`]), and (as they land) the gate, the policy, edge offload and
 //! the orchestrator behind `generate()`.
 
+#[cfg(feature = "train")]
+pub mod experts;
 pub mod gate;
 pub mod manifest;
 pub mod model;

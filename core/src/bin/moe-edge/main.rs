@@ -2,7 +2,13 @@
 //! file only parses arguments, sets up threads and logging, and dispatches.
 
 mod bench;
+mod corpora;
+mod eval;
 mod generate;
+mod manifest;
+mod train_expert;
+mod train_gate;
+mod train_tokenizer;
 
 use std::path::Path;
 
@@ -27,6 +33,18 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Measure prefill and decode speed, time to first token and peak memory.
     Bench(bench::BenchArgs),
+    /// Build the domain corpora's train/valid/test splits and check their checksums.
+    Corpora(corpora::CorporaArgs),
+    /// Train the experts' byte-level BPE tokenizer.
+    TrainTokenizer(train_tokenizer::TrainTokenizerArgs),
+    /// Train one domain expert (small Llama, from scratch).
+    TrainExpert(train_expert::TrainExpertArgs),
+    /// Measure every model on every domain and write models/quality.json.
+    Eval(eval::EvalArgs),
+    /// Train the gating network.
+    TrainGate(train_gate::TrainGateArgs),
+    /// Write models/manifest.json (sizes and SHA-256 of every committed model file).
+    Manifest(manifest::ManifestArgs),
 }
 
 fn main() -> Result<()> {
@@ -46,6 +64,12 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args, cli.threads),
+        Command::Corpora(args) => corpora::run(args),
+        Command::TrainTokenizer(args) => train_tokenizer::run(args),
+        Command::TrainExpert(args) => train_expert::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::TrainGate(args) => train_gate::run(args),
+        Command::Manifest(args) => manifest::run(args),
     }
 }
 
