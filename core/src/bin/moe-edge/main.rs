@@ -3,6 +3,7 @@
 
 mod bench;
 mod generate;
+mod train_policy;
 
 use std::path::Path;
 
@@ -27,6 +28,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Measure prefill and decode speed, time to first token and peak memory.
     Bench(bench::BenchArgs),
+    /// Train the SAC placement policy in the edge-network simulator and compare it with the baselines.
+    TrainPolicy(train_policy::TrainPolicyArgs),
 }
 
 fn main() -> Result<()> {
@@ -46,6 +49,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args, cli.threads),
+        Command::TrainPolicy(args) => train_policy::run(args, cli.threads),
     }
 }
 
