@@ -55,6 +55,9 @@ struct CurveSummary {
     final_reward: f32,
 }
 
+/// Reads one method's reward from an episode log.
+type Metric = fn(&EpisodeLog) -> f32;
+
 /// Everything the run measured.
 #[derive(Serialize)]
 struct TrainPolicyResult {
@@ -137,7 +140,7 @@ pub fn run(args: TrainPolicyArgs, threads: Option<usize>) -> Result<()> {
     let held_out_reduced = evaluate(&table, &reduced_cfg, args.eval_scenarios, &policies)?;
 
     std::fs::create_dir_all(&args.results_dir).with_context(|| format!("creating {}", args.results_dir.display()))?;
-    let methods: [(&str, fn(&EpisodeLog) -> f32); 5] = [
+    let methods: [(&str, Metric); 5] = [
         ("upper bound", |l| l.upper_bound),
         ("sac", |l| l.sac),
         ("greedy", |l| l.greedy),
