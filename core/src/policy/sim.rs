@@ -26,7 +26,7 @@ pub const MEASURED_DECODE_TOK_S: f32 = 44.5;
 pub const PHONE_TOK_S: (f32, f32) = (MEASURED_DECODE_TOK_S / 2.0, MEASURED_DECODE_TOK_S);
 /// Edge decode speed range, tokens/s: from our own candle runtime (44.5) to
 /// llama.cpp on the same 2-core machine with Q4_0 (164, measured side by side,
-/// /work/shared/TOOLCHAINS.md); an edge server is at least such a machine.
+/// recorded in the project notes); an edge server is at least such a machine.
 pub const EDGE_TOK_S: (f32, f32) = (MEASURED_DECODE_TOK_S, 164.0);
 /// Channel bandwidth, MHz: one 20 MHz Wi-Fi channel (IEEE 802.11), the
 /// narrowest common case.
