@@ -67,10 +67,10 @@ impl Policy for RandomPolicy {
     }
 }
 
-/// The gate's top-1 expert on the best-rate node that hosts it: the phone if
-/// it hosts it (no transfer at all), else the server with the highest
-/// goodput. If no node hosts that expert, the base model the same way; if
-/// neither is hosted anywhere, the available pair of best expected quality.
+/// The gate's top-1 expert on the best-rate node that hosts it: the edge
+/// server with the highest measured goodput, or the phone if no server hosts
+/// it. If no node hosts that expert, the base model the same way; if neither
+/// is hosted anywhere, the available pair of best expected quality.
 pub struct Greedy {
     table: QualityTable,
 }
@@ -94,12 +94,10 @@ impl Policy for Greedy {
             let top = (0..gate.len()).max_by(|&a, &b| gate[a].total_cmp(&gate[b]))?;
             let nodes = &e.observation().nodes;
             let best_node = |m: usize| {
-                if e.hosts(0, m) {
-                    return Some(0);
-                }
                 (1..nodes.len())
                     .filter(|&n| e.hosts(n, m))
                     .max_by(|&a, &b| nodes[a].goodput_mbps.total_cmp(&nodes[b].goodput_mbps))
+                    .or(e.hosts(0, m).then_some(0))
             };
             [t.model_index(&t.domains[top]), t.model_index("base")]
                 .into_iter()
@@ -148,7 +146,12 @@ mod tests {
     fn greedy_takes_top_expert_on_fastest_link_else_base() {
         let p = Greedy::new(QualityTable::synthetic(1)).decide(&obs()).unwrap();
         assert_eq!(p[0], Placement { expert: "code".into(), node: 2 });
-        assert_eq!(p[1], Placement { expert: "base".into(), node: 0 });
+        assert_eq!(p[1], Placement { expert: "base".into(), node: 1 });
+        let mut o = obs();
+        o.nodes[2].hosted.clear();
+        o.nodes[1].hosted = vec!["prose".into()];
+        let p = Greedy::new(QualityTable::synthetic(1)).decide(&o).unwrap();
+        assert_eq!(p[1], Placement { expert: "base".into(), node: 0 }, "phone when no server hosts it");
     }
 
     #[test]

@@ -17,6 +17,10 @@ mod actor;
 mod baselines;
 pub mod encode;
 mod quality;
+#[cfg(feature = "train")]
+pub mod sac;
+#[cfg(feature = "train")]
+pub mod sim;
 
 use std::path::{Path, PathBuf};
 
@@ -154,6 +158,9 @@ pub enum PolicyError {
     /// No node hosts any known expert for this subtask.
     #[error("subtask {0} has no available (expert, node) pair")]
     NoAvailablePair(usize),
+    /// Training hyper-parameters that cannot work.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
     /// A tensor operation failed (training only).
     #[error("tensor operation failed: {0}")]
     Tensor(String),

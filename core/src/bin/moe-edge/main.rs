@@ -9,6 +9,7 @@ mod manifest;
 mod train_expert;
 mod train_gate;
 mod train_tokenizer;
+mod train_policy;
 
 use std::path::Path;
 
@@ -45,6 +46,8 @@ enum Command {
     TrainGate(train_gate::TrainGateArgs),
     /// Write models/manifest.json (sizes and SHA-256 of every committed model file).
     Manifest(manifest::ManifestArgs),
+    /// Train the SAC placement policy in the edge-network simulator and compare it with the baselines.
+    TrainPolicy(train_policy::TrainPolicyArgs),
 }
 
 fn main() -> Result<()> {
@@ -70,6 +73,7 @@ fn main() -> Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::TrainGate(args) => train_gate::run(args),
         Command::Manifest(args) => manifest::run(args),
+        Command::TrainPolicy(args) => train_policy::run(args, cli.threads),
     }
 }
 
