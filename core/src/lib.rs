@@ -8,3 +8,6 @@
 pub mod model;
 #[cfg(feature = "plot")]
 pub mod plot;
+pub mod offload;
+#[cfg(feature = "server")]
+pub mod server;

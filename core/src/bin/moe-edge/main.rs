@@ -3,6 +3,7 @@
 
 mod bench;
 mod generate;
+mod serve;
 
 use std::path::Path;
 
@@ -27,6 +28,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Measure prefill and decode speed, time to first token and peak memory.
     Bench(bench::BenchArgs),
+    /// Run an edge server hosting experts over QUIC (`--config edge.toml`).
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> Result<()> {
@@ -46,6 +49,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args, cli.threads),
+        Command::Serve(args) => serve::run(args),
     }
 }
 
