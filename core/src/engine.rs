@@ -21,7 +21,9 @@ use crate::gate::{Gate, GateError, decompose};
 use crate::model::{CancelToken, GenerateOptions, LocalModel, ModelError, StopReason};
 use crate::offload::protocol::GenerateRequest;
 use crate::offload::{EdgeClient, EdgeServerConfig, LinkState, OffloadError};
-use crate::policy::{DeviceState, NodeState, Observation, Placement, PolicyError, PolicyKind, SubtaskInfo, load_policy};
+use crate::policy::{
+    DeviceState, NodeState, Observation, Placement, Policy, PolicyError, PolicyKind, SubtaskInfo, load_policy,
+};
 
 /// The base model's expert id.
 pub const BASE_EXPERT: &str = "base";
@@ -371,15 +373,25 @@ pub struct Engine {
     runtime: tokio::runtime::Runtime,
     clients: Vec<EdgeClient>,
     runner: LocalRunner,
-    gate: Gate,
-    policy: Box<dyn crate::policy::Policy>,
+    gate: Option<Gate>,
+    policy: Box<dyn Policy>,
     device: Mutex<DeviceState>,
 }
 
 impl Engine {
-    /// Loads the base model, the gate and the policy, and starts connecting to
-    /// the edge servers (waiting briefly for a first probe of each).
+    /// Loads the base model, the gate (`models_dir/gate`) and the policy, and
+    /// starts connecting to the edge servers (waiting briefly for a first probe
+    /// of each).
     pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
+        let gate = Gate::load(&config.models_dir.join("gate"))?;
+        let policy = load_policy(config.policy, &config.models_dir)?;
+        Self::with_routing(config, Some(gate), policy)
+    }
+
+    /// Like [`Engine::new`] with a given gate and policy (`config.policy` is then
+    /// ignored). Without a gate, subtasks reach the policy with empty gate
+    /// scores: only for policies that do not use them.
+    pub fn with_routing(config: EngineConfig, gate: Option<Gate>, policy: Box<dyn Policy>) -> Result<Engine, EngineError> {
         if let Some(n) = config.threads.filter(|n| *n > 0) {
             // Ignored when the global pool already exists; candle then uses it as is.
             let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
@@ -387,8 +399,6 @@ impl Engine {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("moe-edge-net").enable_all().build()?;
         let base = Arc::new(LocalModel::load(&config.base_model)?);
-        let gate = Gate::load(&config.models_dir.join("gate"))?;
-        let policy = load_policy(config.policy, &config.models_dir)?;
         let clients = {
             let _guard = runtime.enter();
             config
@@ -496,7 +506,10 @@ impl Engine {
         for s in &subtasks {
             let prompt_tokens = self.runner.base.prompt_tokens(&s.text, options.chat)?.len();
             infos.push(SubtaskInfo {
-                gate: self.gate.probabilities(&s.text)?,
+                gate: match &self.gate {
+                    Some(g) => g.probabilities(&s.text)?,
+                    None => Vec::new(),
+                },
                 prompt_tokens,
                 expected_output_tokens: options.max_tokens,
             });
@@ -525,7 +538,11 @@ impl Engine {
                 expert: p.expert.clone(),
                 node: p.node,
                 node_name: self.node_name(p.node),
-                gate: self.gate.domains().iter().cloned().zip(infos[i].gate.iter().copied()).collect(),
+                gate: self
+                    .gate
+                    .iter()
+                    .flat_map(|g| g.domains().iter().cloned().zip(infos[i].gate.iter().copied()))
+                    .collect(),
                 link,
             });
         }

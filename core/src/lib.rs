@@ -5,9 +5,13 @@
 //! runtime ([`model`]), and (as they land) the gate, the policy, edge offload and
 //! the orchestrator behind `generate()`.
 
+pub mod engine;
+pub mod gate;
+pub mod manifest;
 pub mod model;
 #[cfg(feature = "plot")]
 pub mod plot;
 pub mod offload;
+pub mod policy;
 #[cfg(feature = "server")]
 pub mod server;

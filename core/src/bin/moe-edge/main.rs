@@ -2,6 +2,7 @@
 //! file only parses arguments, sets up threads and logging, and dispatches.
 
 mod bench;
+mod demo;
 mod generate;
 mod serve;
 
@@ -28,6 +29,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Measure prefill and decode speed, time to first token and peak memory.
     Bench(bench::BenchArgs),
+    /// Demo: an edge server on loopback + the engine, showing routing and the answer.
+    Demo(demo::DemoArgs),
     /// Run an edge server hosting experts over QUIC (`--config edge.toml`).
     Serve(serve::ServeArgs),
 }
@@ -50,6 +53,7 @@ fn main() -> Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args, cli.threads),
         Command::Serve(args) => serve::run(args),
+        Command::Demo(args) => demo::run(args, cli.threads),
     }
 }
 
