@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
 
 use super::ServerError;
@@ -145,8 +145,7 @@ impl Identity {
             .map_err(|e| ServerError::Config(format!("generating a certificate: {e}")))?;
         Ok(Self {
             cert: generated.cert.der().clone(),
-            key: PrivateKeyDer::try_from(generated.signing_key.serialize_der())
-                .map_err(|e| ServerError::Config(format!("private key: {e}")))?,
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(generated.signing_key.serialize_der())),
         })
     }
 

@@ -44,7 +44,7 @@ impl From<PolicyArg> for PolicyKind {
 #[derive(Args)]
 pub struct DemoArgs {
     /// The phone's base model (GGUF or safetensors directory).
-    #[arg(long, env = "MOE_EDGE_BASE_MODEL")]
+    #[arg(long)]
     model: PathBuf,
     /// The models directory (gate, experts, quality table, policy).
     #[arg(long, default_value = "models")]
