@@ -192,6 +192,7 @@ impl ServerProcess {
         };
         let address = field("listening on ");
         let cert_sha256 = field("certificate sha256 ");
+        field("hosting ");
         Self { child, config: EdgeServerConfig { address, cert_sha256, token: TOKEN.into() }, dir }
     }
 }

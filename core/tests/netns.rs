@@ -137,6 +137,7 @@ fn serve_in(ns: &Namespace, listen: &str, model: &Path, dir: &Path) -> (Server, 
     let mut field = |prefix: &str| lines.next().unwrap().unwrap().strip_prefix(prefix).unwrap().to_owned();
     let address = field("listening on ");
     let fingerprint = field("certificate sha256 ");
+    field("hosting ");
     (Server(child), address, fingerprint)
 }
 

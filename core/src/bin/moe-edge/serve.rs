@@ -30,11 +30,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let server = EdgeServer::start(config.settings.clone(), experts, identity)?;
+        // A closed stdout (the launcher stopped reading) must not stop the server.
         let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on {}", server.local_addr()?)?;
-        writeln!(out, "certificate sha256 {}", server.fingerprint())?;
-        writeln!(out, "hosting {}", config.experts.iter().map(|e| e.id.as_str()).collect::<Vec<_>>().join(", "))?;
-        out.flush()?;
+        let _ = writeln!(out, "listening on {}", server.local_addr()?);
+        let _ = writeln!(out, "certificate sha256 {}", server.fingerprint());
+        let _ = writeln!(out, "hosting {}", config.experts.iter().map(|e| e.id.as_str()).collect::<Vec<_>>().join(", "));
+        let _ = out.flush();
         drop(out);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
