@@ -24,7 +24,8 @@ fn main() {
     let measuring = std::env::args().any(|a| a == "--bench");
     let (rounds, tokens) = if measuring { (5, 32) } else { (1, 4) };
     let Some(path) = std::env::var_os("MOE_EDGE_BASE_MODEL").map(std::path::PathBuf::from).or_else(|| {
-        let p = std::path::PathBuf::from(std::env::var_os("HOME")?).join(".cache/moe-edge/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let p = std::path::PathBuf::from(std::env::var_os("HOME")?)
+            .join(".cache/moe-edge/models/SmolLM2-135M-Instruct.Q4_1.gguf");
         p.is_file().then_some(p)
     }) else {
         assert!(!std::env::var("MOE_EDGE_REQUIRE_MODEL").is_ok_and(|v| v == "1"), "base model missing");
@@ -35,7 +36,8 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let _guard = runtime.enter();
     let settings = ServerSettings { listen: "127.0.0.1:0".into(), tokens: vec!["bench".into()], ..Default::default() };
-    let server = EdgeServer::start(settings, vec![("base".into(), model.clone())], Identity::ephemeral().unwrap()).unwrap();
+    let server =
+        EdgeServer::start(settings, vec![("base".into(), model.clone())], Identity::ephemeral().unwrap()).unwrap();
     let client = EdgeClient::new(EdgeServerConfig {
         address: server.local_addr().unwrap().to_string(),
         cert_sha256: server.fingerprint().to_owned(),
@@ -57,7 +59,16 @@ fn main() {
     for _ in 0..rounds {
         let start = Instant::now();
         let mut first = None;
-        let r = model.generate(PROMPT, &options, &mut |_| { first.get_or_insert(start.elapsed()); }, &CancelToken::new()).unwrap();
+        let r = model
+            .generate(
+                PROMPT,
+                &options,
+                &mut |_| {
+                    first.get_or_insert(start.elapsed());
+                },
+                &CancelToken::new(),
+            )
+            .unwrap();
         let total = start.elapsed();
         let first = first.unwrap_or(total);
         local_ttft.push(first.as_secs_f64() * 1e3);
@@ -70,6 +81,14 @@ fn main() {
     }
     let (lt, rt, lp, rp) = (median(local_ttft), median(remote_ttft), median(local_tok), median(remote_tok));
     println!("offload overhead, {rounds} rounds × {tokens} tokens (medians; noisy if other jobs share the CPU):");
-    println!("  time to first token: local {lt:.1} ms, loopback edge {rt:.1} ms → added {:.1} ms (ratio {:.3})", rt - lt, rt / lt);
-    println!("  per token:           local {lp:.2} ms, loopback edge {rp:.2} ms → added {:.2} ms (ratio {:.3})", rp - lp, rp / lp);
+    println!(
+        "  time to first token: local {lt:.1} ms, loopback edge {rt:.1} ms → added {:.1} ms (ratio {:.3})",
+        rt - lt,
+        rt / lt
+    );
+    println!(
+        "  per token:           local {lp:.2} ms, loopback edge {rp:.2} ms → added {:.2} ms (ratio {:.3})",
+        rp - lp,
+        rp / lp
+    );
 }

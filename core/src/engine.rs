@@ -297,7 +297,12 @@ impl<'a> OrderedSink<'a> {
     fn new(n: usize, listener: &'a dyn EngineListener) -> Self {
         Self {
             listener,
-            state: Mutex::new(SinkState { head: 0, buffers: vec![String::new(); n], emitted: vec![0; n], done: vec![false; n] }),
+            state: Mutex::new(SinkState {
+                head: 0,
+                buffers: vec![String::new(); n],
+                emitted: vec![0; n],
+                done: vec![false; n],
+            }),
         }
     }
 
@@ -391,13 +396,20 @@ impl Engine {
     /// Like [`Engine::new`] with a given gate and policy (`config.policy` is then
     /// ignored). Without a gate, subtasks reach the policy with empty gate
     /// scores: only for policies that do not use them.
-    pub fn with_routing(config: EngineConfig, gate: Option<Gate>, policy: Box<dyn Policy>) -> Result<Engine, EngineError> {
+    pub fn with_routing(
+        config: EngineConfig,
+        gate: Option<Gate>,
+        policy: Box<dyn Policy>,
+    ) -> Result<Engine, EngineError> {
         if let Some(n) = config.threads.filter(|n| *n > 0) {
             // Ignored when the global pool already exists; candle then uses it as is.
             let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
         }
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("moe-edge-net").enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("moe-edge-net")
+            .enable_all()
+            .build()?;
         let base = Arc::new(LocalModel::load(&config.base_model)?);
         let clients = {
             let _guard = runtime.enter();
@@ -454,7 +466,11 @@ impl Engine {
             policy: self.policy.name().to_owned(),
             loaded_experts,
             local_experts: self.runner.hosted(),
-            edge: self.clients.iter().map(|c| EdgeStatus { address: c.address().to_owned(), link: c.state() }).collect(),
+            edge: self
+                .clients
+                .iter()
+                .map(|c| EdgeStatus { address: c.address().to_owned(), link: c.state() })
+                .collect(),
             device: *self.device.lock().expect("device lock"),
         }
     }

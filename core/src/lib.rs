@@ -9,9 +9,9 @@ pub mod engine;
 pub mod gate;
 pub mod manifest;
 pub mod model;
+pub mod offload;
 #[cfg(feature = "plot")]
 pub mod plot;
-pub mod offload;
 pub mod policy;
 #[cfg(feature = "server")]
 pub mod server;

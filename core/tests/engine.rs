@@ -103,7 +103,8 @@ fn multi_part_prompt_runs_on_phone_and_edge_in_order() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = {
         let _guard = runtime.enter();
-        let settings = ServerSettings { listen: "127.0.0.1:0".into(), tokens: vec![TOKEN.into()], ..Default::default() };
+        let settings =
+            ServerSettings { listen: "127.0.0.1:0".into(), tokens: vec![TOKEN.into()], ..Default::default() };
         EdgeServer::start(settings, vec![("base".into(), model.clone())], Identity::ephemeral().unwrap()).unwrap()
     };
     let config = EdgeServerConfig {
@@ -301,9 +302,7 @@ fn sixty_four_concurrent_clients_complete_with_bounded_memory_then_sigterm_drain
         let client = EdgeClient::new(config)?;
         let running = {
             let client = client.clone();
-            tokio::spawn(async move {
-                client.generate(&request(24), &mut |_| {}, &CancelToken::new(), None).await
-            })
+            tokio::spawn(async move { client.generate(&request(24), &mut |_| {}, &CancelToken::new(), None).await })
         };
         while client.probe().await?.counters.active == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;

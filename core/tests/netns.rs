@@ -77,7 +77,10 @@ async fn relay(server: SocketAddr) -> SocketAddr {
     back.connect(server).await.unwrap();
     let address = front.local_addr().unwrap();
     let client: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
-    let forward = |from: Arc<UdpSocket>, to: Arc<UdpSocket>, upstream: bool, client: Arc<std::sync::Mutex<Option<SocketAddr>>>| async move {
+    let forward = |from: Arc<UdpSocket>,
+                   to: Arc<UdpSocket>,
+                   upstream: bool,
+                   client: Arc<std::sync::Mutex<Option<SocketAddr>>>| async move {
         let mut buf = vec![0u8; 65536];
         loop {
             let (n, peer) = from.recv_from(&mut buf).await.unwrap();
@@ -160,15 +163,19 @@ fn generation_completes_over_a_lossy_delayed_link_between_namespaces() {
     let report = runtime.block_on(async {
         let target: SocketAddr = address.parse().unwrap();
         let address = if kernel_netem { target } else { relay(target).await };
-        let client = EdgeClient::new(EdgeServerConfig { address: address.to_string(), cert_sha256: fingerprint, token: TOKEN.into() })
-            .unwrap();
+        let client = EdgeClient::new(EdgeServerConfig {
+            address: address.to_string(),
+            cert_sha256: fingerprint,
+            token: TOKEN.into(),
+        })
+        .unwrap();
         let probe = client.probe().await.unwrap();
         let rtt = client.state().rtt_ms;
         let request = GenerateRequest {
             expert: "base".into(),
             prompt: "Name three rivers.".into(),
             sampling: SamplingOptions::greedy(),
-            max_tokens: 32,
+            max_tokens: 12,
             stop: Vec::new(),
             chat: true,
             deadline_ms: 0,

@@ -57,10 +57,15 @@ async fn loopback_stream_matches_local_generation_and_probe_reports_counters() {
     let mut remote = String::new();
     let mut pieces = 0;
     let report = client
-        .generate(&request(prompt, 12), &mut |t| {
-            remote.push_str(t);
-            pieces += 1;
-        }, &CancelToken::new(), None)
+        .generate(
+            &request(prompt, 12),
+            &mut |t| {
+                remote.push_str(t);
+                pieces += 1;
+            },
+            &CancelToken::new(),
+            None,
+        )
         .await
         .unwrap();
     let options = GenerateOptions { sampling: SamplingOptions::greedy(), max_tokens: 12, stop: vec![], chat: true };
@@ -171,11 +176,16 @@ async fn cancel_stops_the_server_generation_at_once() {
     let received = AtomicUsize::new(0);
     let flag = cancel.clone();
     let err = client
-        .generate(&request("Write a long story about a dragon.", 400), &mut |_| {
-            if received.fetch_add(1, Ordering::SeqCst) + 1 == 3 {
-                flag.cancel();
-            }
-        }, &cancel, None)
+        .generate(
+            &request("Write a long story about a dragon.", 400),
+            &mut |_| {
+                if received.fetch_add(1, Ordering::SeqCst) + 1 == 3 {
+                    flag.cancel();
+                }
+            },
+            &cancel,
+            None,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, OffloadError::Cancelled), "{err}");
@@ -227,7 +237,12 @@ async fn deadline_resets_the_stream_and_the_server_stops() {
     let server = start(&model, settings());
     let client = EdgeClient::new(client_config(&server)).unwrap();
     let err = client
-        .generate(&request("Write a long poem.", 400), &mut |_| {}, &CancelToken::new(), Some(Duration::from_millis(300)))
+        .generate(
+            &request("Write a long poem.", 400),
+            &mut |_| {},
+            &CancelToken::new(),
+            Some(Duration::from_millis(300)),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, OffloadError::Timeout), "{err}");

@@ -178,7 +178,9 @@ impl EdgeClient {
             Ok(Some(other)) => Err(OffloadError::Protocol(super::ProtocolError::Unexpected(other.kind()))),
             Ok(None) => Err(self.lost("server closed the handshake stream")),
             Err(e) => match connection.close_reason() {
-                Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == VarInt::from(CODE_UNAUTHORIZED) => {
+                Some(quinn::ConnectionError::ApplicationClosed(c))
+                    if c.error_code == VarInt::from(CODE_UNAUTHORIZED) =>
+                {
                     Err(OffloadError::Unauthorized)
                 }
                 _ => Err(e),

@@ -119,7 +119,10 @@ mod tests {
         let fp = fingerprint(b"not really a certificate");
         assert_eq!(fp.len(), 64);
         let parsed = parse_fingerprint(&fp).unwrap();
-        assert_eq!(fingerprint(b"not really a certificate"), parsed.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        assert_eq!(
+            fingerprint(b"not really a certificate"),
+            parsed.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
         assert!(parse_fingerprint("abc").is_err());
         assert!(parse_fingerprint(&"zz".repeat(32)).is_err());
     }

@@ -80,7 +80,8 @@ pub struct EdgeConfig {
 impl EdgeConfig {
     /// Reads and checks `edge.toml`, resolving relative paths against its directory.
     pub fn load(path: &Path) -> Result<Self, ServerError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))?;
         let mut config: EdgeConfig =
             toml::from_str(&text).map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));

@@ -323,7 +323,12 @@ fn enqueue(shared: &Shared) -> bool {
     shared.counters.queued.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| (q < max).then_some(q + 1)).is_ok()
 }
 
-async fn generate(shared: Arc<Shared>, request: GenerateRequest, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+async fn generate(
+    shared: Arc<Shared>,
+    request: GenerateRequest,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let received = Instant::now();
     shared.bump(&shared.counters.requests);
     if shared.draining.load(Ordering::SeqCst) {

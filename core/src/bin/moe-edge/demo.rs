@@ -82,7 +82,10 @@ impl EngineListener for Printer {
             EngineEvent::Placed { subtask, text, expert, node_name, gate, link, .. } => {
                 let scores: Vec<String> = gate.iter().map(|(d, p)| format!("{d} {p:.2}")).collect();
                 let link = link.as_ref().map_or("on device".to_owned(), |l| {
-                    format!("rtt {:.1} ms, goodput {:.0} Mbit/s, load {:.2}, queue {}", l.rtt_ms, l.goodput_mbps, l.load, l.queue)
+                    format!(
+                        "rtt {:.1} ms, goodput {:.0} Mbit/s, load {:.2}, queue {}",
+                        l.rtt_ms, l.goodput_mbps, l.load, l.queue
+                    )
                 });
                 eprintln!("part {}: {text:?}", subtask + 1);
                 eprintln!("   gate [{}] → expert {expert} on {node_name} ({link})", scores.join(", "));
@@ -121,11 +124,16 @@ pub fn run(args: DemoArgs, threads: Option<usize>) -> Result<()> {
     let server_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let server = {
         let _guard = server_runtime.enter();
-        let settings = ServerSettings { listen: "127.0.0.1:0".into(), tokens: vec![token.clone()], ..ServerSettings::default() };
+        let settings =
+            ServerSettings { listen: "127.0.0.1:0".into(), tokens: vec![token.clone()], ..ServerSettings::default() };
         EdgeServer::start(settings, experts, Identity::ephemeral()?)?
     };
     let address = server.local_addr()?.to_string();
-    eprintln!("edge server on {address} (QUIC, TLS 1.3, pinned sha256 {}…) hosting {}", &server.fingerprint()[..16], edge_ids.join(", "));
+    eprintln!(
+        "edge server on {address} (QUIC, TLS 1.3, pinned sha256 {}…) hosting {}",
+        &server.fingerprint()[..16],
+        edge_ids.join(", ")
+    );
     let engine = Engine::new(EngineConfig {
         base_model: args.model.clone(),
         models_dir: args.models_dir.clone(),
@@ -146,7 +154,10 @@ pub fn run(args: DemoArgs, threads: Option<usize>) -> Result<()> {
     let printer = Printer { current: AtomicUsize::new(usize::MAX) };
     let report = engine.generate(&args.prompt, &options, &printer, &CancelToken::new())?;
     println!();
-    eprintln!("\n{:<5} {:<12} {:<8} {:>6} {:>9} {:>9} {:>8} {:>8}  fallback", "part", "expert", "node", "tokens", "ttft ms", "total ms", "sent B", "recv B");
+    eprintln!(
+        "\n{:<5} {:<12} {:<8} {:>6} {:>9} {:>9} {:>8} {:>8}  fallback",
+        "part", "expert", "node", "tokens", "ttft ms", "total ms", "sent B", "recv B"
+    );
     for s in &report.subtasks {
         let node = if s.node == 0 { "phone" } else { "edge" };
         eprintln!(
@@ -162,6 +173,11 @@ pub fn run(args: DemoArgs, threads: Option<usize>) -> Result<()> {
             s.fallback.as_deref().unwrap_or("-")
         );
     }
-    eprintln!("total {:.1} s with policy {}; server counters {:?}", report.total.as_secs_f64(), report.policy, server.counters());
+    eprintln!(
+        "total {:.1} s with policy {}; server counters {:?}",
+        report.total.as_secs_f64(),
+        report.policy,
+        server.counters()
+    );
     Ok(())
 }

@@ -20,7 +20,9 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> Result<()> {
     let config = EdgeConfig::load(&args.config)?;
     let bar = ProgressBar::new(config.experts.len() as u64);
-    bar.set_style(ProgressStyle::with_template("loading experts [{bar:30}] {pos}/{len} {msg}").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template("loading experts [{bar:30}] {pos}/{len} {msg}").expect("valid template"),
+    );
     let experts = load_experts(&config, &mut |i, id| {
         bar.set_position(i as u64);
         bar.set_message(id.to_owned());
@@ -34,7 +36,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on {}", server.local_addr()?);
         let _ = writeln!(out, "certificate sha256 {}", server.fingerprint());
-        let _ = writeln!(out, "hosting {}", config.experts.iter().map(|e| e.id.as_str()).collect::<Vec<_>>().join(", "));
+        let _ =
+            writeln!(out, "hosting {}", config.experts.iter().map(|e| e.id.as_str()).collect::<Vec<_>>().join(", "));
         let _ = out.flush();
         drop(out);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
