@@ -7,9 +7,13 @@
 
 #[cfg(feature = "train")]
 pub mod experts;
+pub mod engine;
 pub mod gate;
 pub mod manifest;
 pub mod model;
+pub mod offload;
 #[cfg(feature = "plot")]
 pub mod plot;
 pub mod policy;
+#[cfg(feature = "server")]
+pub mod server;

@@ -3,13 +3,15 @@
 
 mod bench;
 mod corpora;
+mod demo;
 mod eval;
 mod generate;
 mod manifest;
+mod serve;
 mod train_expert;
 mod train_gate;
-mod train_tokenizer;
 mod train_policy;
+mod train_tokenizer;
 
 use std::path::Path;
 
@@ -48,6 +50,10 @@ enum Command {
     Manifest(manifest::ManifestArgs),
     /// Train the SAC placement policy in the edge-network simulator and compare it with the baselines.
     TrainPolicy(train_policy::TrainPolicyArgs),
+    /// Demo: an edge server on loopback + the engine, showing routing and the answer.
+    Demo(demo::DemoArgs),
+    /// Run an edge server hosting experts over QUIC (`--config edge.toml`).
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> Result<()> {
@@ -74,6 +80,8 @@ fn main() -> Result<()> {
         Command::TrainGate(args) => train_gate::run(args),
         Command::Manifest(args) => manifest::run(args),
         Command::TrainPolicy(args) => train_policy::run(args, cli.threads),
+        Command::Serve(args) => serve::run(args),
+        Command::Demo(args) => demo::run(args, cli.threads),
     }
 }
 
