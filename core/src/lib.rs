@@ -5,9 +5,9 @@
 //! runtime ([`model`]), and (as they land) the gate, the policy, edge offload and
 //! the orchestrator behind `generate()`.
 
+pub mod engine;
 #[cfg(feature = "train")]
 pub mod experts;
-pub mod engine;
 pub mod gate;
 pub mod manifest;
 pub mod model;
