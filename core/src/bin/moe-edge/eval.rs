@@ -81,11 +81,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let row_path = rows_dir.join(format!("{id}.json"));
         if args.reuse
             && let Some(row) = read_row(&row_path)?
+            && (row.test_bytes, row.problems, row.window) == (args.test_bytes, problems.len(), args.window)
         {
-            if (row.test_bytes, row.problems, row.window) == (args.test_bytes, problems.len(), args.window) {
-                eprintln!("{id}: reusing {}", row_path.display());
-                continue;
-            }
+            eprintln!("{id}: reusing {}", row_path.display());
+            continue;
         }
         let row = measure(id, &args, &texts, &problems)?;
         std::fs::write(&row_path, serde_json::to_string_pretty(&row)? + "\n")?;

@@ -36,12 +36,12 @@ pub fn run(args: TrainGateArgs) -> Result<()> {
         |split| DOMAINS.iter().map(|d| corpus::read_split(&cache, d, split)).collect::<Result<Vec<_>, ExpertError>>();
     let (train_texts, test_texts) = (read(Split::Train)?, read(Split::Test)?);
     let train = labelled_snippets(
-        &&train_texts.iter().map(String::as_str).collect::<Vec<_>>(),
+        &train_texts.iter().map(String::as_str).collect::<Vec<_>>(),
         opts.train_per_domain,
         opts.seed,
     );
     let test = labelled_snippets(
-        &&test_texts.iter().map(String::as_str).collect::<Vec<_>>(),
+        &test_texts.iter().map(String::as_str).collect::<Vec<_>>(),
         opts.test_per_domain,
         opts.seed + 1,
     );
