@@ -88,7 +88,9 @@ fn smoke_training_lowers_the_loss_and_the_runtime_agrees() {
     assert!(last < first - 1.0, "loss should fall by more than 1 nat: {first} -> {last}");
     assert!(report.valid[0].1 < (tok.get_vocab_size(true) as f32).ln() - 1.0, "validation beats uniform");
     assert!(std::fs::read(dir.join("loss.png")).unwrap().starts_with(b"\x89PNG"));
-    let ids = tok.encode_fast(split_problems(Split::Test)[0].document().as_str(), false).unwrap().get_ids().to_vec();
+    let mut ids =
+        tok.encode_fast(split_problems(Split::Test)[0].document().as_str(), false).unwrap().get_ids().to_vec();
+    ids.truncate(64);
     let diff = max_logit_difference(&dir.join("final"), &ids);
     assert!(diff < LOGIT_TOLERANCE, "training and inference logits differ by {diff}");
     std::fs::remove_dir_all(&dir).unwrap();
