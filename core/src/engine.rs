@@ -27,6 +27,22 @@ use crate::policy::{
 
 /// The base model's expert id.
 pub const BASE_EXPERT: &str = "base";
+
+/// The expert ids runnable from `experts_dir` (`models/experts`): `"base"`, then
+/// every sub-directory holding a `config.json`, sorted.
+pub fn installed_experts(experts_dir: &Path) -> Vec<String> {
+    let mut ids = vec![BASE_EXPERT.to_owned()];
+    if let Ok(dir) = std::fs::read_dir(experts_dir) {
+        let mut found: Vec<String> = dir
+            .flatten()
+            .filter(|e| e.path().join("config.json").is_file())
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect();
+        found.sort();
+        ids.extend(found);
+    }
+    ids
+}
 /// How often edge servers are probed in the background.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// A silent edge server counts as lost after this long.
@@ -239,17 +255,7 @@ struct LocalRunner {
 
 impl LocalRunner {
     fn hosted(&self) -> Vec<String> {
-        let mut ids = vec![BASE_EXPERT.to_owned()];
-        if let Ok(dir) = std::fs::read_dir(&self.experts_dir) {
-            let mut found: Vec<String> = dir
-                .flatten()
-                .filter(|e| e.path().join("config.json").is_file())
-                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-                .collect();
-            found.sort();
-            ids.extend(found);
-        }
-        ids
+        installed_experts(&self.experts_dir)
     }
 
     fn model(&self, id: &str) -> Result<Arc<LocalModel>, EngineError> {
@@ -572,6 +578,17 @@ impl Engine {
         }
         let reports: Mutex<Vec<Option<SubtaskReport>>> = Mutex::new(vec![None; n]);
         let fallbacks: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; n]);
+        // Releases a finished subtask's text to the listener and records its report.
+        let complete = |report: SubtaskReport| {
+            let i = report.index;
+            sink.done(i);
+            listener.on_event(&EngineEvent::SubtaskDone {
+                subtask: i,
+                tokens: report.tokens,
+                latency_ms: report.latency.as_secs_f64() * 1e3,
+            });
+            reports.lock().expect("reports lock")[i] = Some(report);
+        };
         let mut local_error = None;
         // Stops this request's work when the caller cancels or a local run fails.
         let stop = CancelToken::new();
@@ -587,7 +604,7 @@ impl Engine {
                 }
             });
             for &i in &remote {
-                let (sink, queue, reports, fallbacks, stop) = (&sink, &queue, &reports, &fallbacks, &stop);
+                let (sink, queue, fallbacks, stop, complete) = (&sink, &queue, &fallbacks, &stop, &complete);
                 let (placement, text) = (&placements[i], &subtasks[i].text);
                 scope.spawn(move || {
                     let client = &self.clients[placement.node - 1];
@@ -629,13 +646,7 @@ impl Engine {
                                 bytes_received: r.bytes_received,
                                 fallback: None,
                             };
-                            sink.done(i);
-                            listener.on_event(&EngineEvent::SubtaskDone {
-                                subtask: i,
-                                tokens: report.tokens,
-                                latency_ms: report.latency.as_secs_f64() * 1e3,
-                            });
-                            reports.lock().expect("reports lock")[i] = Some(report);
+                            complete(report);
                         }
                         Err(OffloadError::Cancelled) => {}
                         Err(e) => {
@@ -664,13 +675,7 @@ impl Engine {
                     Ok(mut report) => {
                         report.placed = placements[i].clone();
                         report.fallback = fallback;
-                        sink.done(i);
-                        listener.on_event(&EngineEvent::SubtaskDone {
-                            subtask: i,
-                            tokens: report.tokens,
-                            latency_ms: report.latency.as_secs_f64() * 1e3,
-                        });
-                        reports.lock().expect("reports lock")[i] = Some(report);
+                        complete(report);
                     }
                     Err(e) => {
                         // Stop the remote subtasks too: the answer cannot be complete.

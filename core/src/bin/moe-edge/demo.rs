@@ -101,17 +101,7 @@ impl EngineListener for Printer {
 /// Runs `moe-edge demo`.
 pub fn run(args: DemoArgs, threads: Option<usize>) -> Result<()> {
     let edge_ids = if args.edge_experts.is_empty() {
-        let mut ids = vec!["base".to_owned()];
-        if let Ok(dir) = std::fs::read_dir(args.models_dir.join("experts")) {
-            let mut found: Vec<String> = dir
-                .flatten()
-                .filter(|e| e.path().join("config.json").is_file())
-                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-                .collect();
-            found.sort();
-            ids.extend(found);
-        }
-        ids
+        moe_edge::engine::installed_experts(&args.models_dir.join("experts"))
     } else {
         args.edge_experts.clone()
     };
