@@ -55,6 +55,10 @@ const REMOTE_BASE_DEADLINE: Duration = Duration::from_secs(10);
 const REMOTE_PER_TOKEN: Duration = Duration::from_millis(250);
 /// Decode speed assumed for the phone before the first local generation.
 const INITIAL_LOCAL_TOKENS_PER_S: f32 = 20.0;
+/// Decode speed assumed for an edge server that has not finished a generation
+/// yet (its probe reports 0): our base model's measured decode speed on a
+/// 2-core x86 machine (`moe-edge bench`, 44.5 tokens/s), a floor for a server.
+const INITIAL_EDGE_TOKENS_PER_S: f32 = 44.5;
 
 /// What the engine needs to start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -505,7 +509,7 @@ impl Engine {
                 load: link.load,
                 queue: link.queue,
                 hosted: if link.connected { link.hosted } else { Vec::new() },
-                tokens_per_s: link.tokens_per_s,
+                tokens_per_s: if link.tokens_per_s > 0.0 { link.tokens_per_s } else { INITIAL_EDGE_TOKENS_PER_S },
             });
         }
         Observation { subtasks: subtasks.to_vec(), nodes, device: *self.device.lock().expect("device lock") }
