@@ -49,7 +49,7 @@ fn corrupt_gate_files_are_typed_errors() {
 #[test]
 fn every_committed_model_matches_the_manifest() {
     let manifest = Manifest::load(&models()).unwrap();
-    for id in ["prose", "definitions", "code", "arithmetic", "gate", "tokenizer"] {
+    for id in ["prose", "definitions", "code", "arithmetic", "gate", "tokenizer", "policy"] {
         let path = manifest.verify(id).unwrap_or_else(|e| panic!("{id}: {e}"));
         assert!(path.exists());
     }

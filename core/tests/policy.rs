@@ -107,7 +107,7 @@ fn fraction(e: &Evaluation, name: &str) -> f32 {
 }
 
 /// The committed actor on the table it was trained on (synthetic seed 1, see
-/// results/policy/train-policy.json) keeps the level measured at training
+/// models/policy-training/train-policy.json) keeps the level measured at training
 /// time (93.0 % and 89.3 % of the upper bound) and its lead over the baselines.
 #[test]
 fn committed_actor_keeps_its_measured_level() {

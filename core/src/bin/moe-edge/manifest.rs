@@ -30,6 +30,9 @@ pub fn run(args: ManifestArgs) -> Result<()> {
         files.push(("gate".to_string(), None, format!("gate/{name}")));
     }
     files.push(("tokenizer".to_string(), None, "tokenizer.json".to_string()));
+    if dir.join("policy.safetensors").is_file() {
+        files.push(("policy".to_string(), None, "policy.safetensors".to_string()));
+    }
     // Models of other work streams (e.g. the policy actor) are kept when already listed.
     if let Ok(existing) = Manifest::load(dir) {
         for e in existing.entries() {

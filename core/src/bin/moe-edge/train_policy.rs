@@ -31,7 +31,7 @@ pub struct TrainPolicyArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Directory for the results JSON and the two charts.
-    #[arg(long, default_value = "results/policy")]
+    #[arg(long, default_value = "models/policy-training")]
     results_dir: PathBuf,
     /// Training episodes (each of --requests-per-episode requests).
     #[arg(long)]
