@@ -11,6 +11,7 @@ command -v python3 >/dev/null || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 command -v cc >/dev/null || missing+=(build-essential)
 command -v curl >/dev/null || missing+=(curl ca-certificates)
+command -v ip >/dev/null || missing+=(iproute2)  # offload: network-namespace test
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)  # chart text
 # ---- issue 6 (bindings, mobile targets): JNA + Java + npm for the Kotlin suite, debootstrap for
 # the Swift chroot, clang/llvm + the aarch64 GNU toolchain + qemu for the mobile checks.
@@ -36,3 +37,7 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 
 MOE_EDGE_BASE_MODEL=$(bash "$(dirname "${BASH_SOURCE[0]}")/../models/fetch-base-model.sh")
 export MOE_EDGE_BASE_MODEL
+
+# --- experts and gate (issue 3): the domain corpora for their tests (cached) ---
+fetch_corpora="$(dirname "${BASH_SOURCE[0]}")/../core/scripts/fetch-corpora.sh"
+bash "$fetch_corpora" >/dev/null || { as_root apt-get update -q >&2 && bash "$fetch_corpora" >/dev/null; }

@@ -20,8 +20,8 @@ class Collect : GenerationListener {
 }
 
 fun main(args: Array<String>) {
-    val (model, runs, threads) = args
-    val engine = MoeEngine(EngineConfig(model, "", threads.toUInt(), 1024u, emptyList(), PolicyChoice.LocalOnly))
+    val (model, modelsDir, runs, threads) = args
+    val engine = MoeEngine(EngineConfig(model, modelsDir, threads.toUInt(), 1024u, emptyList(), PolicyChoice.LocalOnly))
     val options = GenerateOptions(maxTokens = 128u, temperature = 0f, topK = 0u, topP = 1f, minP = 0f)
     for (run in 0..runs.toInt()) {
         val result = engine.generate("Tell me a long story about a dragon.", options, Collect())

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Kotlin overhead benchmark: decode speed of the same greedy 128-token generation
 # called from Kotlin (MoeEngine.generate through JNA, streaming every piece to a
-# Kotlin listener) and from Rust (LocalModel.generate), interleaved ROUNDS times,
+# Kotlin listener) and from Rust (the same MoeEngine.generate), interleaved ROUNDS times,
 # RUNS timed generations per process after one warm-up. Prints every run and the
 # ratio of median decode times, Kotlin / Rust (goal ≤ 1.05).
 # Usage: bindings/bench/run-bench.sh [ROUNDS=3] [RUNS=3] [THREADS=2]
@@ -20,9 +20,9 @@ cp="/usr/share/java/jna.jar:$kotlin/lib/kotlinx-coroutines-core-jvm.jar"
 log=$(mktemp)
 for round in $(seq "$rounds"); do
   echo "round $round/$rounds" >&2
-  RAYON_NUM_THREADS=$threads "$target/release/examples/decode_reference" "$MOE_EDGE_BASE_MODEL" "$runs" | tee -a "$log"
+  RAYON_NUM_THREADS=$threads "$target/release/examples/decode_reference" "$MOE_EDGE_BASE_MODEL" "$repo/models" "$runs" "$threads" | tee -a "$log"
   RAYON_NUM_THREADS=$threads java -Djna.library.path="$target/release" -cp "$out/kotlin-bench.jar:$cp:$kotlin/lib/kotlin-stdlib.jar" \
-    DecodeBenchKt "$MOE_EDGE_BASE_MODEL" "$runs" "$threads" | tee -a "$log"
+    DecodeBenchKt "$MOE_EDGE_BASE_MODEL" "$repo/models" "$runs" "$threads" | tee -a "$log"
 done
 python3 - "$log" <<'PY'
 import statistics, sys

@@ -1,29 +1,59 @@
 //! The Rust side of the Kotlin-overhead benchmark (bindings/bench/run-bench.sh):
-//! the same greedy generation as `bindings/bench/DecodeBench.kt`, called on the
-//! core's `LocalModel` directly. Prints one line per timed run:
-//! `rust <generated tokens> <decode tokens/s>`.
+//! the same greedy generation as `bindings/bench/DecodeBench.kt`, through the same
+//! `MoeEngine::generate` called from Rust instead of through JNA. Prints one line
+//! per timed run: `rust <generated tokens> <decode tokens/s>`.
 //!
-//! Usage: decode_reference MODEL RUNS (run with RAYON_NUM_THREADS set, like the engine's threads)
+//! Usage: decode_reference MODEL MODELS_DIR RUNS THREADS
 
-use moe_edge::model::{CancelToken, GenerateOptions, LocalModel, SamplingOptions};
+use moe_edge_ffi::{
+    EngineConfig, GenerateOptions, GenerationEvent, GenerationListener, MoeEngine, MoeError, PolicyChoice,
+};
 
 /// Prompt and length shared with DecodeBench.kt.
 const PROMPT: &str = "Tell me a long story about a dragon.";
-const MAX_TOKENS: usize = 128;
+const MAX_TOKENS: u32 = 128;
+
+/// Keeps the streamed text, like the Kotlin listener.
+#[derive(Default)]
+struct Collect(std::sync::Mutex<String>);
+
+impl GenerationListener for Collect {
+    fn on_text(&self, _subtask: u32, text: String) -> Result<(), MoeError> {
+        self.0.lock().expect("text lock").push_str(&text);
+        Ok(())
+    }
+
+    fn on_event(&self, _event: GenerationEvent) -> Result<(), MoeError> {
+        Ok(())
+    }
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, model, runs] = args.as_slice() else {
-        return Err("usage: decode_reference MODEL RUNS".into());
+    let [_, model, models_dir, runs, threads] = args.as_slice() else {
+        return Err("usage: decode_reference MODEL MODELS_DIR RUNS THREADS".into());
     };
-    let model = LocalModel::load(model.as_ref())?;
-    let options = GenerateOptions { sampling: SamplingOptions::greedy(), max_tokens: MAX_TOKENS, ..Default::default() };
+    let engine = MoeEngine::new(EngineConfig {
+        base_model: model.clone(),
+        models_dir: models_dir.clone(),
+        threads: Some(threads.parse()?),
+        memory_budget_mb: 1024,
+        edge_servers: Vec::new(),
+        policy: PolicyChoice::LocalOnly,
+    })?;
+    let options = GenerateOptions {
+        max_tokens: MAX_TOKENS,
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        ..GenerateOptions::default()
+    };
     for run in 0..=runs.parse::<usize>()? {
-        let mut text = String::new();
-        let report = model.generate(PROMPT, &options, &mut |piece| text.push_str(piece), &CancelToken::new())?;
+        let result = engine.generate(PROMPT.into(), options.clone(), Box::new(Collect::default()), None)?;
         if run > 0 {
             // Run 0 warms up caches and thread pools.
-            println!("rust {} {:.3}", report.generated_tokens, report.decode_tokens_per_s);
+            println!("rust {} {:.3}", result.generated_tokens, result.decode_tokens_per_s);
         }
     }
     Ok(())

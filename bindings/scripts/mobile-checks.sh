@@ -24,6 +24,8 @@ installed=$(rustup target list --installed)
 for t in "${targets[@]}"; do grep -qx "$t" <<<"$installed" || rustup target add "$t"; done
 
 echo "== cargo check: Android and iOS (aarch64)"
+# Everything here uses the cheap `cross-smoke` profile, so the host build scripts and
+# proc macros are compiled once for the checks and the aarch64 build below.
 # Only C code in the tree (ring, once edge offload lands) needs a C compiler: Debian's
 # clang, freestanding. For iOS a stub SDK stops cc-rs from calling xcrun.
 sdk="$target/ios-sdk-stub"
@@ -41,7 +43,7 @@ CC_aarch64_linux_android=clang AR_aarch64_linux_android=llvm-ar \
   CFLAGS_aarch64_linux_android="--target=aarch64-linux-android21 $freestanding" \
   SDKROOT="$sdk" CC_aarch64_apple_ios=clang AR_aarch64_apple_ios=llvm-ar \
   CFLAGS_aarch64_apple_ios="--target=arm64-apple-ios14.0 $freestanding -I$sdk/usr/include" \
-  cargo check --target aarch64-linux-android --target aarch64-apple-ios -p moe-edge -p moe-edge-ffi
+  cargo check --profile cross-smoke --target aarch64-linux-android --target aarch64-apple-ios -p moe-edge -p moe-edge-ffi
 
 echo "== moe-edge bench on aarch64 under qemu"
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \

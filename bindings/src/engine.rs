@@ -1,13 +1,15 @@
-//! `MoeEngine`: the object apps hold. Today it generates with the phone's base
-//! model (`moe_edge::model::LocalModel`); edge servers are validated and listed in
-//! `status()` as not connected. The orchestrator (`moe_edge::engine::Engine`)
-//! replaces [`Inner::generate`]'s body once it lands; the FFI surface stays.
+//! `MoeEngine`: the object apps hold, a thin layer over the core's orchestrator
+//! (`moe_edge::engine::Engine`: decompose → gate → policy → run on the phone and on
+//! edge servers → stream in order). This layer adds what an app needs on top:
+//! admission within a memory budget, listener errors, async calls, and the
+//! mapping of every failure onto [`MoeError`].
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
-use moe_edge::model::{CancelToken, LocalModel, StopReason as CoreStopReason};
+use moe_edge::engine::{self as core, Engine, EngineEvent, EngineListener};
+use moe_edge::model::CancelToken;
+use moe_edge::offload;
 
 use crate::MoeError;
 use crate::error::no_panic;
@@ -17,10 +19,6 @@ use crate::types::{
 };
 
 const MB: u64 = 1024 * 1024;
-/// Name of the phone in placements.
-const PHONE: &str = "phone";
-/// Expert id of the base model.
-const BASE: &str = "base";
 
 /// Cancels generations. Pass one to `generate` / `generateAsync` and call
 /// `cancel()` from any thread: decoding stops before the next token and the call
@@ -59,8 +57,7 @@ pub struct MoeEngine {
 /// What the engine owns.
 struct Inner {
     config: EngineConfig,
-    model: LocalModel,
-    pool: rayon::ThreadPool,
+    engine: Engine,
     weights_bytes: u64,
     kv_bytes_per_token: u64,
     state: Mutex<State>,
@@ -144,9 +141,6 @@ impl MoeEngine {
 impl Inner {
     fn new(config: EngineConfig) -> Result<Self, MoeError> {
         let base = existing_path("base model", &config.base_model)?;
-        if !config.models_dir.is_empty() && !existing_path("models dir", &config.models_dir)?.is_dir() {
-            return Err(MoeError::InvalidInput(format!("models dir {} is not a directory", config.models_dir)));
-        }
         if config.threads == Some(0) {
             return Err(MoeError::InvalidInput("threads must be at least 1".into()));
         }
@@ -162,17 +156,31 @@ impl Inner {
                 weights_bytes.div_ceil(MB)
             )));
         }
-        let model = LocalModel::load(&base).map_err(MoeError::from_load)?;
-        let cfg = model.llama().config();
+        let models_dir = existing_path("models dir", &config.models_dir)?;
+        if !models_dir.is_dir() {
+            return Err(MoeError::InvalidInput(format!("models dir {} is not a directory", config.models_dir)));
+        }
+        let core_config = core::EngineConfig {
+            base_model: base,
+            models_dir,
+            threads: config.threads.map(|t| t as usize),
+            memory_budget_mb: ((budget - weights_bytes) / MB) as usize,
+            edge_servers: config
+                .edge_servers
+                .iter()
+                .map(|s| offload::EdgeServerConfig {
+                    address: s.address.clone(),
+                    cert_sha256: s.cert_sha256.clone(),
+                    token: s.token.clone(),
+                })
+                .collect(),
+            policy: config.policy.to_core(),
+        };
+        let engine = Engine::new(core_config).map_err(MoeError::from_engine_start)?;
+        let cfg = engine.base_model().llama().config();
         let kv_bytes_per_token = (cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * size_of::<f32>()) as u64;
-        let threads = config.threads.map_or_else(candle_core::utils::get_num_threads, |t| t as usize);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("moe-edge-compute-{i}"))
-            .build()
-            .map_err(|e| MoeError::Other(format!("cannot start compute threads: {e}")))?;
         let state = State { device: DeviceState::default(), kv_reserved_bytes: 0, active: 0 };
-        Ok(Self { config, model, pool, weights_bytes, kv_bytes_per_token, state: Mutex::new(state) })
+        Ok(Self { config, engine, weights_bytes, kv_bytes_per_token, state: Mutex::new(state) })
     }
 
     /// The state, even if a thread panicked while holding it (it stays consistent:
@@ -188,60 +196,22 @@ impl Inner {
         listener: &dyn GenerationListener,
         cancel: &CancelToken,
     ) -> Result<GenerationResult, MoeError> {
-        let start = Instant::now();
         let core_options = options.to_core()?;
         if cancel.is_cancelled() {
             return Err(MoeError::Cancelled);
         }
-        let tokens = self.model.prompt_tokens(prompt, core_options.chat).map_err(MoeError::from_generate)?;
-        let context = self.model.llama().config().context_length;
+        let base = self.engine.base_model();
+        // The whole prompt in one context bounds what any of its subtasks holds at once.
+        let tokens = base.prompt_tokens(prompt, core_options.chat).map_err(MoeError::from_generate)?;
+        let context = base.llama().config().context_length;
         let _reservation = self.reserve((tokens.len() + core_options.max_tokens).min(context))?;
-
-        listener.on_event(GenerationEvent::Placed { subtask: 0, expert: BASE.into(), node: PHONE.into() })?;
-        let mut text = String::new();
-        let mut listener_error = None;
-        let report = self.pool.install(|| {
-            let mut on_text = |piece: &str| {
-                if listener_error.is_some() {
-                    return;
-                }
-                text.push_str(piece);
-                if let Err(e) = listener.on_text(0, piece.to_owned()) {
-                    listener_error = Some(e);
-                    cancel.cancel();
-                }
-            };
-            self.model.generate_from_tokens(&tokens, &core_options, &mut on_text, cancel, start)
-        });
-        if let Some(error) = listener_error {
+        let forward = Forward { listener, cancel, error: Mutex::new(None) };
+        let outcome = self.engine.generate(prompt, &core_options, &forward, cancel);
+        if let Some(error) = forward.error.into_inner().unwrap_or_else(|p| p.into_inner()) {
             return Err(error);
         }
-        let report = report.map_err(MoeError::from_generate)?;
-        let stop_reason = match report.stop_reason {
-            CoreStopReason::Cancelled => return Err(MoeError::Cancelled),
-            CoreStopReason::EndOfSequence => StopReason::EndOfSequence,
-            CoreStopReason::StopString => StopReason::StopString,
-            CoreStopReason::MaxTokens => StopReason::MaxTokens,
-            CoreStopReason::ContextFull => StopReason::ContextFull,
-        };
-        let generated = u32::try_from(report.generated_tokens).unwrap_or(u32::MAX);
-        listener.on_event(GenerationEvent::SubtaskDone { subtask: 0, tokens: generated })?;
-        Ok(GenerationResult {
-            text,
-            prompt_tokens: u32::try_from(report.prompt_tokens).unwrap_or(u32::MAX),
-            generated_tokens: generated,
-            time_to_first_token_ms: report.time_to_first_token.as_secs_f64() * 1e3,
-            prefill_tokens_per_s: report.prefill_tokens_per_s,
-            decode_tokens_per_s: report.decode_tokens_per_s,
-            stop_reason,
-            subtasks: vec![SubtaskReport {
-                index: 0,
-                expert: BASE.into(),
-                node: PHONE.into(),
-                generated_tokens: generated,
-                fell_back: false,
-            }],
-        })
+        let report = outcome.map_err(MoeError::from_engine)?;
+        result(&report, &self.config.edge_servers)
     }
 
     /// Reserves the KV cache of a generation of `tokens` positions within the
@@ -266,28 +236,73 @@ impl Inner {
     }
 
     fn status(&self) -> EngineStatus {
+        let core = self.engine.status();
         let state = self.lock();
         EngineStatus {
             base_model: self.config.base_model.clone(),
-            policy: self.config.policy.name().into(),
-            threads: u32::try_from(self.pool.current_num_threads()).unwrap_or(u32::MAX),
+            policy: core.policy,
+            local_experts: core.local_experts,
+            threads: u32::try_from(rayon::current_num_threads()).unwrap_or(u32::MAX),
             memory_budget_mb: self.config.memory_budget_mb,
             memory_in_use_mb: u32::try_from((self.weights_bytes + state.kv_reserved_bytes).div_ceil(MB))
                 .unwrap_or(u32::MAX),
             active_generations: state.active,
             device: state.device,
-            edge_servers: self
-                .config
-                .edge_servers
-                .iter()
-                .map(|s| EdgeServerStatus {
-                    address: s.address.clone(),
-                    connected: false,
-                    detail: "edge offload is not in this build yet: every subtask runs on the phone".into(),
+            edge_servers: core
+                .edge
+                .into_iter()
+                .map(|e| EdgeServerStatus {
+                    address: e.address,
+                    connected: e.link.connected,
+                    rtt_ms: e.link.rtt_ms,
+                    hosted: if e.link.connected { e.link.hosted } else { Vec::new() },
+                    detail: match (e.link.connected, e.link.last_error) {
+                        (true, _) => String::new(),
+                        (false, Some(error)) => error,
+                        (false, None) => "not connected yet".into(),
+                    },
                 })
                 .collect(),
         }
     }
+}
+
+/// The app's answer from the core's report; `servers` names the edge nodes.
+fn result(report: &core::EngineReport, servers: &[crate::EdgeServerConfig]) -> Result<GenerationResult, MoeError> {
+    let last = report.subtasks.last().ok_or_else(|| MoeError::Other("the engine answered no subtask".into()))?;
+    let stop_reason = StopReason::from_core(last.stop_reason).ok_or(MoeError::Cancelled)?;
+    let generated: usize = report.subtasks.iter().map(|s| s.tokens).sum();
+    // Decode time of each subtask: its tokens after the first at its own speed.
+    let decode_s: f64 = report
+        .subtasks
+        .iter()
+        .filter(|s| s.tokens > 1 && s.decode_tokens_per_s > 0.0)
+        .map(|s| (s.tokens - 1) as f64 / s.decode_tokens_per_s)
+        .sum();
+    let decode_tokens: usize = report.subtasks.iter().filter(|s| s.decode_tokens_per_s > 0.0).map(|s| s.tokens.saturating_sub(1)).sum();
+    Ok(GenerationResult {
+        text: report.subtasks.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join("\n\n"),
+        prompt_tokens: count(report.subtasks.iter().map(|s| s.prompt_tokens).sum()),
+        generated_tokens: count(generated),
+        time_to_first_token_ms: report.subtasks[0].time_to_first_token.unwrap_or(report.total).as_secs_f64() * 1e3,
+        decode_tokens_per_s: if decode_s > 0.0 { decode_tokens as f64 / decode_s } else { 0.0 },
+        stop_reason,
+        subtasks: report
+            .subtasks
+            .iter()
+            .map(|s| SubtaskReport {
+                index: count(s.index),
+                expert: s.expert.clone(),
+                node: match s.node.checked_sub(1) {
+                    None => "phone".into(),
+                    Some(i) => servers.get(i).map_or_else(|| format!("node {}", s.node), |c| c.address.clone()),
+                },
+                generated_tokens: count(s.tokens),
+                fell_back: s.fallback.is_some(),
+                latency_ms: s.latency.as_secs_f64() * 1e3,
+            })
+            .collect(),
+    })
 }
 
 /// Memory held by one generation in flight; released on drop.
@@ -320,6 +335,54 @@ impl Drop for CancelOnDrop {
             token.cancel();
         }
     }
+}
+
+/// Passes the core's text and events to the app's listener, one call at a time.
+/// The first listener error is kept and cancels the generation.
+struct Forward<'a> {
+    listener: &'a dyn GenerationListener,
+    cancel: &'a CancelToken,
+    error: Mutex<Option<MoeError>>,
+}
+
+impl Forward<'_> {
+    fn call(&self, f: impl FnOnce() -> Result<(), MoeError>) {
+        let mut error = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        if error.is_none()
+            && let Err(e) = f()
+        {
+            *error = Some(e);
+            self.cancel.cancel();
+        }
+    }
+}
+
+impl EngineListener for Forward<'_> {
+    fn on_text(&self, subtask: usize, text: &str) {
+        self.call(|| self.listener.on_text(count(subtask), text.to_owned()));
+    }
+
+    fn on_event(&self, event: &EngineEvent) {
+        let event = match event {
+            EngineEvent::Placed { subtask, expert, node_name, .. } => {
+                GenerationEvent::Placed { subtask: count(*subtask), expert: expert.clone(), node: node_name.clone() }
+            }
+            EngineEvent::Fallback { subtask, reason, discarded_chars, .. } => GenerationEvent::Fallback {
+                subtask: count(*subtask),
+                reason: reason.clone(),
+                discarded_chars: count(*discarded_chars),
+            },
+            EngineEvent::SubtaskDone { subtask, tokens, .. } => {
+                GenerationEvent::SubtaskDone { subtask: count(*subtask), tokens: count(*tokens) }
+            }
+        };
+        self.call(|| self.listener.on_event(event));
+    }
+}
+
+/// A count or index as it crosses the FFI boundary.
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Bytes of weights: the GGUF file, or the `.safetensors` files of an HF directory.

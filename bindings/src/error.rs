@@ -1,7 +1,9 @@
 //! The errors an app can act on. Everything the core reports is mapped onto one
 //! of these; the message keeps the detail.
 
+use moe_edge::engine::EngineError;
 use moe_edge::model::ModelError;
+use moe_edge::offload::OffloadError;
 
 /// Why a call failed. Kotlin sees `MoeException.<Variant>`, Swift `MoeError.<variant>`;
 /// each carries a human-readable message.
@@ -46,6 +48,32 @@ impl MoeError {
             | ModelError::Invalid { .. }
             | ModelError::Unsupported(_) => Self::ModelLoad(error.to_string()),
             ModelError::Tokenizer(_) | ModelError::Template(_) | ModelError::Compute(_) => {
+                Self::Other(error.to_string())
+            }
+        }
+    }
+}
+
+impl MoeError {
+    /// Maps an error of starting the engine: models that do not load, an invalid
+    /// edge-server configuration.
+    pub(crate) fn from_engine_start(error: EngineError) -> Self {
+        match error {
+            EngineError::Offload(OffloadError::Config(_)) => Self::InvalidInput(error.to_string()),
+            EngineError::Model(e) => Self::from_load(e),
+            EngineError::Gate(_) | EngineError::Policy(_) => Self::ModelLoad(error.to_string()),
+            other => Self::from_engine(other),
+        }
+    }
+
+    /// Maps an error of a generation.
+    pub(crate) fn from_engine(error: EngineError) -> Self {
+        match error {
+            EngineError::EmptyPrompt => Self::InvalidInput(error.to_string()),
+            EngineError::Model(e) => Self::from_generate(e),
+            EngineError::Cancelled => Self::Cancelled,
+            EngineError::Offload(_) => Self::Network(error.to_string()),
+            EngineError::Gate(_) | EngineError::Policy(_) | EngineError::Placement { .. } | EngineError::Runtime(_) => {
                 Self::Other(error.to_string())
             }
         }

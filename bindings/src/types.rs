@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use moe_edge::model;
+use moe_edge::policy::{self, PolicyKind};
 
 use crate::MoeError;
 
@@ -12,14 +13,15 @@ use crate::MoeError;
 pub struct EngineConfig {
     /// The phone's base model: a GGUF file or an HF safetensors directory.
     pub base_model: String,
-    /// The directory with the committed small models (gate, policy, experts); empty for none.
-    #[uniffi(default = "")]
+    /// The directory with the small models (`models/` of the repo): the gate, the
+    /// quality table, the policy actor and the on-device experts.
     pub models_dir: String,
     /// Compute threads of this engine (default: one per physical core).
     #[uniffi(default = None)]
     pub threads: Option<u32>,
-    /// Memory the engine may use, in MB: model weights plus the KV caches of the
-    /// generations in flight. A request that would exceed it fails with `Busy`.
+    /// Memory the engine may use, in MB: the base model's weights plus the KV caches
+    /// of the generations in flight (a request that would exceed it fails with
+    /// `Busy`); what the base model leaves is the budget for on-device experts.
     #[uniffi(default = 1024)]
     pub memory_budget_mb: u32,
     /// Edge servers that host experts.
@@ -29,7 +31,7 @@ pub struct EngineConfig {
     pub policy: PolicyChoice,
 }
 
-/// One edge server. Mirrors the core's `EdgeServerConfig`.
+/// One edge server (what `moe-edge serve` prints). Mirrors the core's `EdgeServerConfig`.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct EdgeServerConfig {
     /// `host:port` of its QUIC endpoint (`[v6-address]:port` for IPv6).
@@ -84,13 +86,13 @@ pub enum PolicyChoice {
 }
 
 impl PolicyChoice {
-    /// A short name for logs and `status()`.
-    pub fn name(&self) -> &'static str {
+    /// The core's policy kind.
+    pub(crate) fn to_core(self) -> PolicyKind {
         match self {
-            Self::Sac => "sac",
-            Self::LocalOnly => "local-only",
-            Self::Random { .. } => "random",
-            Self::Greedy => "greedy",
+            Self::Sac => PolicyKind::Sac,
+            Self::LocalOnly => PolicyKind::LocalOnly,
+            Self::Random { seed } => PolicyKind::Random { seed },
+            Self::Greedy => PolicyKind::Greedy,
         }
     }
 }
@@ -115,6 +117,12 @@ impl DeviceState {
             }
         }
         Ok(())
+    }
+}
+
+impl From<DeviceState> for policy::DeviceState {
+    fn from(d: DeviceState) -> Self {
+        Self { battery: d.battery, charging: d.charging, thermal: d.thermal }
     }
 }
 
@@ -215,12 +223,16 @@ pub enum GenerationEvent {
         /// `"phone"` or the edge server's address.
         node: String,
     },
-    /// A remote subtask failed and is re-run on the phone's base model.
+    /// A remote subtask failed and is re-run on the phone's base model. The
+    /// `discarded_chars` characters of this subtask already passed to `on_text`
+    /// are superseded by the re-run's text that follows: remove them.
     Fallback {
         /// Subtask index.
         subtask: u32,
         /// What went wrong remotely.
         reason: String,
+        /// Characters of this subtask's text streamed before the failure.
+        discarded_chars: u32,
     },
     /// A subtask finished.
     SubtaskDone {
@@ -255,8 +267,21 @@ pub enum StopReason {
     ContextFull,
 }
 
+impl StopReason {
+    /// The core's reason, or `None` for a cancelled generation.
+    pub(crate) fn from_core(reason: model::StopReason) -> Option<Self> {
+        match reason {
+            model::StopReason::Cancelled => None,
+            model::StopReason::EndOfSequence => Some(Self::EndOfSequence),
+            model::StopReason::StopString => Some(Self::StopString),
+            model::StopReason::MaxTokens => Some(Self::MaxTokens),
+            model::StopReason::ContextFull => Some(Self::ContextFull),
+        }
+    }
+}
+
 /// Where one subtask ran and what it produced.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct SubtaskReport {
     /// Subtask index.
     pub index: u32,
@@ -268,37 +293,42 @@ pub struct SubtaskReport {
     pub generated_tokens: u32,
     /// Whether it fell back to the phone after a remote failure.
     pub fell_back: bool,
+    /// From the call until this subtask finished, in milliseconds.
+    pub latency_ms: f64,
 }
 
 /// The outcome of a finished generation.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct GenerationResult {
-    /// The whole answer (what the listener received, concatenated).
+    /// The whole answer: each subtask's final text (what the listener received,
+    /// less any text a fallback superseded), subtasks separated by a blank line.
     pub text: String,
-    /// Tokens in the (templated) prompt.
+    /// Tokens in the (templated) prompts of all subtasks.
     pub prompt_tokens: u32,
-    /// Tokens generated.
+    /// Tokens generated, all subtasks.
     pub generated_tokens: u32,
-    /// From the call until the first token, in milliseconds.
+    /// From the call until the first text of the first subtask, in milliseconds.
     pub time_to_first_token_ms: f64,
-    /// Prompt tokens per second during prefill.
-    pub prefill_tokens_per_s: f64,
-    /// Generated tokens per second after the first one.
+    /// Generated tokens per second after each subtask's first token (over all subtasks).
     pub decode_tokens_per_s: f64,
-    /// Why it ended.
+    /// Why the last subtask ended.
     pub stop_reason: StopReason,
     /// One entry per subtask, in order.
     pub subtasks: Vec<SubtaskReport>,
 }
 
 /// Where an edge server stands.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct EdgeServerStatus {
     /// Its `host:port`.
     pub address: String,
     /// Whether a live connection exists.
     pub connected: bool,
-    /// Why not, or what it hosts.
+    /// Round trip of the last probe, ms (0 before the first one).
+    pub rtt_ms: f32,
+    /// Experts it hosts (empty when not connected).
+    pub hosted: Vec<String>,
+    /// Why it is not connected (empty when it is).
     pub detail: String,
 }
 
@@ -309,6 +339,8 @@ pub struct EngineStatus {
     pub base_model: String,
     /// The policy's name.
     pub policy: String,
+    /// Experts the phone can run (`"base"` first).
+    pub local_experts: Vec<String>,
     /// Compute threads of this engine.
     pub threads: u32,
     /// The memory budget, in MB.

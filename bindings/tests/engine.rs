@@ -27,10 +27,13 @@ fn base_model() -> Option<PathBuf> {
     None
 }
 
+/// The repository's small models: gate, quality table, policy, experts.
+const MODELS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models");
+
 fn config(base_model: &str) -> EngineConfig {
     EngineConfig {
         base_model: base_model.into(),
-        models_dir: String::new(),
+        models_dir: MODELS_DIR.into(),
         threads: Some(2),
         memory_budget_mb: 1024,
         edge_servers: vec![],
@@ -45,9 +48,21 @@ fn greedy(max_tokens: u32) -> GenerateOptions {
 /// Collects what a generation streams; cancels `cancel_at` pieces in, if set.
 #[derive(Default)]
 struct Recorder {
-    pieces: Mutex<Vec<String>>,
+    pieces: Mutex<Vec<(u32, String)>>,
     events: Mutex<Vec<GenerationEvent>>,
     cancel_at: Option<(usize, Arc<CancelHandle>)>,
+}
+
+impl Recorder {
+    /// The streamed text, one string per subtask.
+    fn streamed(&self) -> Vec<String> {
+        let mut texts: Vec<String> = Vec::new();
+        for (subtask, piece) in self.pieces.lock().unwrap().iter() {
+            texts.resize(texts.len().max(*subtask as usize + 1), String::new());
+            texts[*subtask as usize].push_str(piece);
+        }
+        texts
+    }
 }
 
 /// The listener handed to the engine: a shared handle on a [`Recorder`] the test keeps reading.
@@ -55,9 +70,9 @@ struct Tap(Arc<Recorder>);
 
 impl GenerationListener for Tap {
     fn on_text(&self, subtask: u32, text: String) -> Result<(), MoeError> {
-        assert_eq!(subtask, 0);
         let mut pieces = self.0.pieces.lock().unwrap();
-        pieces.push(text);
+        assert!(pieces.last().is_none_or(|(last, _)| *last <= subtask), "subtasks stream in order");
+        pieces.push((subtask, text));
         if let Some((n, handle)) = &self.0.cancel_at
             && pieces.len() == *n
         {
@@ -121,7 +136,7 @@ fn generates_cancels_and_budgets_on_the_base_model() {
     let result = engine.generate(prompt.into(), greedy(64), Box::new(Tap(Arc::clone(&rec))), None).unwrap();
     // The same text and prompt length as llama.cpp (core/tests/generation.rs).
     assert_eq!(result.text, "The capital of France is Paris.");
-    assert_eq!(rec.pieces.lock().unwrap().concat(), result.text);
+    assert_eq!(rec.streamed(), [result.text.clone()]);
     assert_eq!((result.prompt_tokens, result.stop_reason), (42, StopReason::EndOfSequence));
     assert_eq!(
         *rec.events.lock().unwrap(),
@@ -153,4 +168,45 @@ fn generates_cancels_and_budgets_on_the_base_model() {
     let tight = MoeEngine::new(EngineConfig { memory_budget_mb: weights_mb + 2, ..config(path) }).unwrap();
     let err = tight.generate(prompt.into(), greedy(64), Box::new(Tap(Arc::default())), None).unwrap_err();
     assert!(matches!(err, MoeError::Busy(_)), "{err:?}");
+}
+
+#[test]
+fn multi_part_prompt_runs_on_the_phone_and_an_edge_server() {
+    use moe_edge::model::LocalModel;
+    use moe_edge::server::{EdgeServer, Identity, ServerSettings};
+
+    let Some(path) = base_model() else { return };
+    let token = "ffi-test-token";
+    let hosted = [("base", path.clone()), ("arithmetic", PathBuf::from(MODELS_DIR).join("experts/arithmetic"))];
+    let models = hosted.iter().map(|(id, p)| ((*id).to_owned(), Arc::new(LocalModel::load(p).unwrap()))).collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let settings = ServerSettings { listen: "127.0.0.1:0".into(), tokens: vec![token.into()], ..Default::default() };
+    let server = {
+        let _guard = runtime.enter();
+        EdgeServer::start(settings, models, Identity::ephemeral().unwrap()).unwrap()
+    };
+    let address = server.local_addr().unwrap().to_string();
+    let edge = EdgeServerConfig { address: address.clone(), cert_sha256: server.fingerprint().into(), token: token.into() };
+    let config = EngineConfig { edge_servers: vec![edge], policy: PolicyChoice::Greedy, ..config(path.to_str().unwrap()) };
+    let engine = MoeEngine::new(config).unwrap();
+    let status = engine.status();
+    assert!(status.edge_servers[0].connected, "{status:?}");
+    assert!(status.edge_servers[0].hosted.contains(&"arithmetic".to_owned()), "{status:?}");
+
+    // Greedy follows the gate: the sum to the server hosting the arithmetic expert,
+    // the prose question to the phone (no server hosts prose).
+    let rec = Arc::new(Recorder::default());
+    let prompt = "1. 347+258\n2. Write one sentence about the sea.";
+    let result = engine.generate(prompt.into(), greedy(12), Box::new(Tap(Arc::clone(&rec))), None).unwrap();
+    let placed: Vec<_> = result.subtasks.iter().map(|s| (s.expert.as_str(), s.node.as_str(), s.fell_back)).collect();
+    assert_eq!(placed, [("arithmetic", address.as_str(), false), ("prose", "phone", false)]);
+    assert!(result.subtasks.iter().all(|s| s.generated_tokens > 0));
+    let events = rec.events.lock().unwrap();
+    assert_eq!(events[0], GenerationEvent::Placed { subtask: 0, expert: "arithmetic".into(), node: address.clone() });
+    assert_eq!(events[1], GenerationEvent::Placed { subtask: 1, expert: "prose".into(), node: "phone".into() });
+    // Streamed in subtask order; the result joins the subtasks with a blank line.
+    let streamed = rec.streamed();
+    assert_eq!(streamed.len(), 2);
+    assert_eq!(streamed.join("\n\n"), result.text);
+    assert_eq!(result.generated_tokens, result.subtasks.iter().map(|s| s.generated_tokens).sum::<u32>());
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// Why a chart could not be drawn.
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +180,8 @@ pub fn bar_chart(
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], c.filled()));
         let labels = vals.iter().enumerate().map(|(i, &v)| {
             let centre = i as f64 + 0.1 + (m as f64 + 0.5) * width;
-            Text::new(format!("{v:.2}"), (centre, v), ("sans-serif", 13).into_font().color(&BLACK))
+            let style = ("sans-serif", 13).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom));
+            Text::new(format!("{v:.2}"), (centre, v), style)
         });
         chart.draw_series(labels).map_err(draw_err)?;
     }
@@ -241,10 +243,7 @@ pub fn heat_map(
     chart.draw_series(cells).map_err(draw_err)?;
     let labels = values.iter().enumerate().flat_map(|(r, row)| {
         row.iter().enumerate().map(move |(c, &v)| {
-            let style = ("sans-serif", 16).into_font().color(&BLACK).pos(plotters::style::text_anchor::Pos::new(
-                plotters::style::text_anchor::HPos::Center,
-                plotters::style::text_anchor::VPos::Center,
-            ));
+            let style = ("sans-serif", 16).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Center));
             Text::new(format!("{v:.2}"), (c as f64 + 0.5, (nr - r) as f64 - 0.5), style)
         })
     });

@@ -230,6 +230,9 @@ fn safetensors_llama_matches_the_reference_forward() {
         assert_eq!(model.llama().config().rope_theta, THETA);
         let tokens = model.tokenizer().encode("Hello, edge!", false).unwrap();
         assert_eq!(tokens, b"Hello, edge!".iter().map(|&b| u32::from(b)).collect::<Vec<_>>());
+        // No chat template: chat mode feeds the prompt as is (how experts are prompted).
+        assert!(model.chat_template().is_none());
+        assert_eq!(model.render_prompt("Hello, edge!", true).unwrap(), "Hello, edge!");
 
         let expected = weights.reference_logits(&tokens);
         let mut cache = model.llama().new_cache(tokens.len());

@@ -29,7 +29,8 @@ pub struct GenerateOptions {
     pub max_tokens: usize,
     /// Generation stops before any of these strings (they are not emitted).
     pub stop: Vec<String>,
-    /// Wrap the prompt as a user turn in the model's chat template.
+    /// Wrap the prompt as a user turn in the model's chat template. A model
+    /// without one (our domain experts, trained on plain text) gets the prompt as is.
     pub chat: bool,
 }
 
@@ -128,19 +129,16 @@ impl LocalModel {
         self.chat_template.as_ref()
     }
 
-    /// The exact text fed to the model for `prompt` (templated in chat mode).
+    /// The exact text fed to the model for `prompt`: templated in chat mode when
+    /// the model has a chat template, the prompt as is otherwise.
     pub fn render_prompt(&self, prompt: &str, chat: bool) -> Result<String, ModelError> {
         if prompt.trim().is_empty() {
             return Err(ModelError::EmptyPrompt);
         }
-        if !chat {
-            return Ok(prompt.to_owned());
+        match &self.chat_template {
+            Some(template) if chat => template.render(&[ChatMessage::new("user", prompt)], true),
+            _ => Ok(prompt.to_owned()),
         }
-        let template = self
-            .chat_template
-            .as_ref()
-            .ok_or_else(|| ModelError::Template("this model has no chat template; use plain-prompt mode".into()))?;
-        template.render(&[ChatMessage::new("user", prompt)], true)
     }
 
     /// The token ids fed to the model for `prompt`.

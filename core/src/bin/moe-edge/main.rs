@@ -2,7 +2,16 @@
 //! file only parses arguments, sets up threads and logging, and dispatches.
 
 mod bench;
+mod corpora;
+mod demo;
+mod eval;
 mod generate;
+mod manifest;
+mod serve;
+mod train_expert;
+mod train_gate;
+mod train_policy;
+mod train_tokenizer;
 
 use std::path::Path;
 
@@ -27,6 +36,24 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Measure prefill and decode speed, time to first token and peak memory.
     Bench(bench::BenchArgs),
+    /// Build the domain corpora's train/valid/test splits and check their checksums.
+    Corpora(corpora::CorporaArgs),
+    /// Train the experts' byte-level BPE tokenizer.
+    TrainTokenizer(train_tokenizer::TrainTokenizerArgs),
+    /// Train one domain expert (small Llama, from scratch).
+    TrainExpert(train_expert::TrainExpertArgs),
+    /// Measure every model on every domain and write models/quality.json.
+    Eval(eval::EvalArgs),
+    /// Train the gating network.
+    TrainGate(train_gate::TrainGateArgs),
+    /// Write models/manifest.json (sizes and SHA-256 of every committed model file).
+    Manifest(manifest::ManifestArgs),
+    /// Train the SAC placement policy in the edge-network simulator and compare it with the baselines.
+    TrainPolicy(train_policy::TrainPolicyArgs),
+    /// Demo: an edge server on loopback + the engine, showing routing and the answer.
+    Demo(demo::DemoArgs),
+    /// Run an edge server hosting experts over QUIC (`--config edge.toml`).
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> Result<()> {
@@ -46,6 +73,15 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args, cli.threads),
+        Command::Corpora(args) => corpora::run(args),
+        Command::TrainTokenizer(args) => train_tokenizer::run(args),
+        Command::TrainExpert(args) => train_expert::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::TrainGate(args) => train_gate::run(args),
+        Command::Manifest(args) => manifest::run(args),
+        Command::TrainPolicy(args) => train_policy::run(args, cli.threads),
+        Command::Serve(args) => serve::run(args),
+        Command::Demo(args) => demo::run(args, cli.threads),
     }
 }
 

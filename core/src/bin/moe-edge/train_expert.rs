@@ -1,0 +1,100 @@
+//! `moe-edge train-expert --domain D`: trains one small Llama expert from
+//! scratch on a domain's training split and writes it as an HF-Llama directory.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use moe_edge::experts::model::{ExpertConfig, TrainModel};
+use moe_edge::experts::train::{TrainOptions, TrainPaths, encode_text, train};
+use moe_edge::experts::{DOMAINS, corpus};
+
+/// Arguments of `moe-edge train-expert`.
+#[derive(Args)]
+pub struct TrainExpertArgs {
+    /// Domain to train on (prose, definitions, code, arithmetic).
+    #[arg(long)]
+    domain: String,
+    /// The experts' tokenizer.
+    #[arg(long, default_value = "models/tokenizer.json")]
+    tokenizer: PathBuf,
+    /// Output directory (default: models/experts/<domain>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 1_000)]
+    steps: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// Seed of initialisation and batches.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Use the tiny smoke-test shape instead of the shipped one.
+    #[arg(long)]
+    tiny: bool,
+    /// Bytes of the training split used at most.
+    #[arg(long, default_value_t = 8_000_000)]
+    max_train_bytes: usize,
+    /// Cache directory (default: $MOE_EDGE_CACHE or ~/.cache/moe-edge).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+}
+
+/// Runs the subcommand.
+pub fn run(args: TrainExpertArgs) -> Result<()> {
+    anyhow::ensure!(DOMAINS.contains(&args.domain.as_str()), "unknown domain {:?}", args.domain);
+    let cache = args.cache.unwrap_or_else(corpus::cache_dir);
+    let tokenizer = tokenizers::Tokenizer::from_file(&args.tokenizer)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("loading {}", args.tokenizer.display()))?;
+    let train_text = corpus::read_split(&cache, &args.domain, corpus::Split::Train)?;
+    let valid_text = corpus::read_split(&cache, &args.domain, corpus::Split::Valid)?;
+    let train_ids = encode_text(&tokenizer, corpus::prefix_lines(&train_text, args.max_train_bytes))?;
+    let valid_ids = encode_text(&tokenizer, &valid_text)?;
+    let vocab = tokenizer.get_vocab_size(true);
+    let cfg = if args.tiny { ExpertConfig::tiny(vocab) } else { ExpertConfig::expert(vocab) };
+    let model = TrainModel::new(cfg, args.seed)?;
+    let out = args.out.unwrap_or_else(|| PathBuf::from("models/experts").join(&args.domain));
+    let opts =
+        TrainOptions { steps: args.steps, batch: args.batch, lr: args.lr, seed: args.seed, ..Default::default() };
+    let opts =
+        TrainOptions { warmup: opts.warmup.min(opts.steps), eval_every: opts.eval_every.min(opts.steps), ..opts };
+    let paths = TrainPaths {
+        checkpoints: cache.join("checkpoints").join(&args.domain),
+        loss_png: Some(out.join("loss.png")),
+        out: out.clone(),
+        tokenizer: args.tokenizer.clone(),
+    };
+    eprintln!(
+        "{}: {} parameters, {} training tokens ({} bytes), {} validation tokens",
+        args.domain,
+        model.parameter_count(),
+        train_ids.len(),
+        train_text.len().min(args.max_train_bytes),
+        valid_ids.len()
+    );
+    let bar = ProgressBar::new(opts.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} {elapsed}<{eta}")?.progress_chars("=> "),
+    );
+    bar.set_prefix(args.domain.clone());
+    let report = train(&model, &train_ids, &valid_ids, &opts, &paths, &mut |s| {
+        let valid = s.valid_loss.map_or(String::new(), |v| format!(" valid {v:.3}"));
+        bar.set_message(format!("loss {:.3}{valid} lr {:.1e}", s.loss, s.lr));
+        bar.set_position(s.step as u64);
+    })?;
+    bar.finish();
+    let last_valid = report.valid.last().map_or(f32::NAN, |v| v.1);
+    eprintln!(
+        "{}: {} tokens seen, final validation loss {last_valid:.4} nats/token; wrote {}",
+        args.domain,
+        report.tokens,
+        out.display()
+    );
+    Ok(())
+}
