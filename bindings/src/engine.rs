@@ -279,7 +279,8 @@ fn result(report: &core::EngineReport, servers: &[crate::EdgeServerConfig]) -> R
         .filter(|s| s.tokens > 1 && s.decode_tokens_per_s > 0.0)
         .map(|s| (s.tokens - 1) as f64 / s.decode_tokens_per_s)
         .sum();
-    let decode_tokens: usize = report.subtasks.iter().filter(|s| s.decode_tokens_per_s > 0.0).map(|s| s.tokens.saturating_sub(1)).sum();
+    let decode_tokens: usize =
+        report.subtasks.iter().filter(|s| s.decode_tokens_per_s > 0.0).map(|s| s.tokens.saturating_sub(1)).sum();
     Ok(GenerationResult {
         text: report.subtasks.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join("\n\n"),
         prompt_tokens: count(report.subtasks.iter().map(|s| s.prompt_tokens).sum()),

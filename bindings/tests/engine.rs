@@ -186,8 +186,10 @@ fn multi_part_prompt_runs_on_the_phone_and_an_edge_server() {
         EdgeServer::start(settings, models, Identity::ephemeral().unwrap()).unwrap()
     };
     let address = server.local_addr().unwrap().to_string();
-    let edge = EdgeServerConfig { address: address.clone(), cert_sha256: server.fingerprint().into(), token: token.into() };
-    let config = EngineConfig { edge_servers: vec![edge], policy: PolicyChoice::Greedy, ..config(path.to_str().unwrap()) };
+    let edge =
+        EdgeServerConfig { address: address.clone(), cert_sha256: server.fingerprint().into(), token: token.into() };
+    let config =
+        EngineConfig { edge_servers: vec![edge], policy: PolicyChoice::Greedy, ..config(path.to_str().unwrap()) };
     let engine = MoeEngine::new(config).unwrap();
     let status = engine.status();
     assert!(status.edge_servers[0].connected, "{status:?}");

@@ -2,14 +2,15 @@
 # Kotlin/JVM suite: compiles the generated Kotlin bindings, the Android demo's
 # facade (android-demo/moeedge, no Android classes) and bindings/tests/kotlin with
 # kotlinc 2.4.20 + JNA + kotlinx-coroutines, and runs them against the release
-# library and the real base model. Prints `N passed, N failed`; fails if any failed.
+# library, the real base model and a real `moe-edge serve` edge server. Prints
+# `N passed, N failed`; fails if any failed.
 # Usage: bindings/tests/run-kotlin.sh [substring of a test name]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
 target="${CARGO_TARGET_DIR:-$repo/target}"
 : "${MOE_EDGE_BASE_MODEL:=$(bash models/fetch-base-model.sh)}"
-export MOE_EDGE_BASE_MODEL MOE_EDGE_MODELS_DIR="$repo/models"
+export MOE_EDGE_BASE_MODEL MOE_EDGE_MODELS_DIR="$repo/models" MOE_EDGE_BIN="$target/release/moe-edge"
 
 kotlin=$(bash bindings/scripts/ensure-kotlin.sh)
 out=$(bash bindings/scripts/generate.sh)

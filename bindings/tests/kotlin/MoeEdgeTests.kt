@@ -22,6 +22,7 @@ import org.moeedge.ffi.*
 
 val baseModel: String = System.getenv("MOE_EDGE_BASE_MODEL") ?: error("set MOE_EDGE_BASE_MODEL")
 val modelsDir: String = System.getenv("MOE_EDGE_MODELS_DIR") ?: error("set MOE_EDGE_MODELS_DIR")
+val moeEdgeBin: String = System.getenv("MOE_EDGE_BIN") ?: error("set MOE_EDGE_BIN (the moe-edge CLI)")
 
 /** The chat prompt whose greedy answer llama.cpp also gives (core/tests/fixtures/golden). */
 const val FRANCE = "What is the capital of France? Answer in one sentence."
@@ -39,8 +40,11 @@ class Recorder(val onPiece: (Int) -> Unit = {}) : GenerationListener {
     val events: MutableList<GenerationEvent> = Collections.synchronizedList(mutableListOf())
     val threads: MutableSet<String> = Collections.synchronizedSet(mutableSetOf())
 
+    /** The subtask of each piece, in arrival order. */
+    val subtasks: MutableList<UInt> = Collections.synchronizedList(mutableListOf())
+
     override fun onText(subtask: UInt, text: String) {
-        check(subtask == 0u) { "unexpected subtask $subtask" }
+        subtasks.add(subtask)
         pieces.add(text)
         threads.add(Thread.currentThread().name)
         onPiece(pieces.size)
@@ -51,6 +55,53 @@ class Recorder(val onPiece: (Int) -> Unit = {}) : GenerationListener {
     }
 
     fun text() = synchronized(pieces) { pieces.joinToString("") }
+
+    /** The streamed text of each subtask, in order. */
+    fun bySubtask(): List<String> = synchronized(pieces) {
+        pieces.indices.groupBy({ subtasks[it] }, { pieces[it] }).toSortedMap().values.map { it.joinToString("") }
+    }
+}
+
+/** A `moe-edge serve` child process on loopback hosting the base model and the arithmetic expert. */
+class EdgeServerProcess : AutoCloseable {
+    private val dir = kotlin.io.path.createTempDirectory("moe-edge-kotlin-edge").toFile()
+    val process: Process
+    val config: EdgeServerConfig
+
+    init {
+        val toml = java.io.File(dir, "edge.toml")
+        toml.writeText(
+            """
+            state_dir = "state"
+            listen = "127.0.0.1:0"
+            tokens = ["kotlin-test-token"]
+            [[experts]]
+            id = "base"
+            path = "$baseModel"
+            [[experts]]
+            id = "arithmetic"
+            path = "$modelsDir/experts/arithmetic"
+            """.trimIndent(),
+        )
+        process = ProcessBuilder(moeEdgeBin, "--threads", "1", "serve", "--config", toml.path)
+            .redirectError(ProcessBuilder.Redirect.DISCARD)
+            .start()
+        val lines = process.inputStream.bufferedReader()
+        fun field(prefix: String): String {
+            val line = lines.readLine() ?: error("moe-edge serve exited before printing $prefix")
+            check(line.startsWith(prefix)) { "expected $prefix, got $line" }
+            return line.removePrefix(prefix)
+        }
+        val address = field("listening on ")
+        val pin = field("certificate sha256 ")
+        field("hosting ")
+        config = EdgeServerConfig(address, pin, "kotlin-test-token")
+    }
+
+    override fun close() {
+        process.destroyForcibly().waitFor()
+        dir.deleteRecursively()
+    }
 }
 
 fun check(condition: Boolean, message: () -> String = { "check failed" }) {
@@ -86,6 +137,7 @@ val tests: List<Pair<String, () -> Unit>> = listOf(
         val result = engine.generate(FRANCE, greedy(64u), rec)
         checkEq(FRANCE_ANSWER, result.text, "text")
         checkEq(FRANCE_ANSWER, rec.text(), "streamed text")
+        checkEq(setOf(0u), rec.subtasks.toSet(), "one subtask")
         check(rec.pieces.size > 3) { "only ${rec.pieces.size} pieces" }
         checkEq(StopReason.END_OF_SEQUENCE, result.stopReason, "stop reason")
         checkEq(42u, result.promptTokens, "prompt tokens")
@@ -96,7 +148,9 @@ val tests: List<Pair<String, () -> Unit>> = listOf(
         val result = engine.generate(FRANCE, greedy(64u), rec)
         checkEq(GenerationEvent.Placed(0u, "base", "phone"), rec.events.first(), "first event")
         checkEq(GenerationEvent.SubtaskDone(0u, result.generatedTokens), rec.events.last(), "last event")
-        checkEq(listOf(SubtaskReport(0u, "base", "phone", result.generatedTokens, false)), result.subtasks, "subtasks")
+        val placed = result.subtasks.map { listOf(it.index, it.expert, it.node, it.generatedTokens, it.fellBack) }
+        checkEq(listOf(listOf(0u, "base", "phone", result.generatedTokens, false)), placed, "subtasks")
+        check(result.subtasks[0].latencyMs > 0) { "latency ${result.subtasks[0].latencyMs}" }
     },
     "max tokens and stop strings end generation" to {
         val short = engine.generate(FRANCE, greedy(3u), Recorder())
@@ -198,6 +252,27 @@ val tests: List<Pair<String, () -> Unit>> = listOf(
         }.forEach { it.join() }
         checkEq(emptyList<Throwable>(), errors.toList(), "errors")
         checkEq(alone, together.toList(), "answers")
+    },
+    "an edge server answers one subtask over QUIC, the phone the other" to {
+        EdgeServerProcess().use { server ->
+            val e = MoeEngine(config(servers = listOf(server.config)).copy(policy = PolicyChoice.Greedy))
+            val edge = e.status().edgeServers.single()
+            check(edge.connected && "arithmetic" in edge.hosted) { "edge status $edge" }
+            // Greedy follows the gate: the sum to the server hosting the arithmetic expert, prose on the phone.
+            val prompt = "1. 347+258\n2. Write one sentence about the sea."
+            val rec = Recorder()
+            val result = e.generate(prompt, greedy(12u), rec)
+            val placed = result.subtasks.map { Triple(it.expert, it.node, it.fellBack) }
+            checkEq(listOf(Triple("arithmetic", server.config.address, false), Triple("prose", "phone", false)), placed, "placements")
+            checkEq(rec.subtasks.sorted(), rec.subtasks.toList(), "subtasks stream in order")
+            checkEq(result.text, rec.bySubtask().joinToString("\n\n"), "text")
+            // The server dies: the same request is still answered in full, on the phone.
+            server.process.destroyForcibly().waitFor()
+            val again = e.generate(prompt, greedy(12u), Recorder())
+            checkEq(listOf("phone", "phone"), again.subtasks.map { it.node }, "nodes after the server died")
+            check(again.subtasks.all { it.generatedTokens > 0u }) { "empty subtask in $again" }
+            e.close()
+        }
     },
     "status reports config, device state and edge servers" to {
         val server = EdgeServerConfig("[::1]:4433", PIN, "secret-token")

@@ -94,8 +94,9 @@ let tests: [(String, () async throws -> Void)] = [
         let result = try engine.generate(prompt: france, options: greedy(64), listener: rec)
         try expectEqual(GenerationEvent.placed(subtask: 0, expert: "base", node: "phone"), rec.events.first!, "first")
         try expectEqual(GenerationEvent.subtaskDone(subtask: 0, tokens: result.generatedTokens), rec.events.last!, "last")
-        try expectEqual([SubtaskReport(index: 0, expert: "base", node: "phone", generatedTokens: result.generatedTokens,
-                                       fellBack: false)], result.subtasks, "subtasks")
+        let placed = result.subtasks.map { "\($0.index) \($0.expert) \($0.node) \($0.generatedTokens) \($0.fellBack)" }
+        try expectEqual(["0 base phone \(result.generatedTokens) false"], placed, "subtasks")
+        try expect(result.subtasks[0].latencyMs > 0, "latency \(result.subtasks[0].latencyMs)")
     }),
     ("max tokens and stop strings end generation", {
         let short = try engine.generate(prompt: france, options: greedy(3), listener: Recorder())

@@ -167,7 +167,7 @@ private final class PlacementBoard: @unchecked Sendable {
         case let .placed(subtask, expert, node):
             placements.removeAll { $0.subtask == Int(subtask) }
             placements.append(Placement(subtask: Int(subtask), expert: expert, node: node))
-        case let .fallback(subtask, _):
+        case let .fallback(subtask, _, _):
             for i in placements.indices where placements[i].subtask == Int(subtask) {
                 placements[i].expert = "base"
                 placements[i].node = "phone"
