@@ -136,7 +136,7 @@ fn generates_cancels_and_budgets_on_the_base_model() {
     let result = engine.generate(prompt.into(), greedy(64), Box::new(Tap(Arc::clone(&rec))), None).unwrap();
     // The same text and prompt length as llama.cpp (core/tests/generation.rs).
     assert_eq!(result.text, "The capital of France is Paris.");
-    assert_eq!(rec.streamed(), [result.text.clone()]);
+    assert_eq!(rec.streamed(), std::slice::from_ref(&result.text));
     assert_eq!((result.prompt_tokens, result.stop_reason), (42, StopReason::EndOfSequence));
     assert_eq!(
         *rec.events.lock().unwrap(),
