@@ -13,17 +13,6 @@ command -v cc >/dev/null || missing+=(build-essential)
 command -v curl >/dev/null || missing+=(curl ca-certificates)
 command -v ip >/dev/null || missing+=(iproute2)  # offload: network-namespace test
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)  # chart text
-# ---- issue 6 (bindings, mobile targets): JNA + Java + npm for the Kotlin suite, debootstrap for
-# the Swift chroot, clang/llvm + the aarch64 GNU toolchain + qemu for the mobile checks.
-[ -f /usr/share/java/jna.jar ] || missing+=(libjna-java)
-command -v java >/dev/null || missing+=(default-jre-headless)
-command -v npm >/dev/null || missing+=(npm)
-command -v debootstrap >/dev/null || missing+=(debootstrap)
-command -v clang >/dev/null || missing+=(clang)
-command -v llvm-ar >/dev/null || missing+=(llvm)
-command -v aarch64-linux-gnu-gcc >/dev/null || missing+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
-command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
-# ---- end issue 6
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} ..." >&2
   as_root apt-get update -q
