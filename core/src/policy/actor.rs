@@ -18,6 +18,9 @@ pub const ACTOR_FILE: &str = "policy.safetensors";
 /// Tensor name prefixes of the actor's layers, input to output.
 pub const ACTOR_LAYERS: [&str; 3] = ["l1", "l2", "l3"];
 
+/// Widest layer the runtime actor accepts (its activations live on the stack).
+pub const MAX_ACTOR_WIDTH: usize = 256;
+
 /// One dense layer: `y = W x + b`, `W` row-major `[out, in]`.
 #[derive(Debug, Clone)]
 struct Dense {
@@ -27,12 +30,12 @@ struct Dense {
 }
 
 impl Dense {
-    fn forward(&self, x: &[f32], y: &mut Vec<f32>, relu: bool) {
-        y.clear();
-        y.extend(self.w.chunks_exact(self.inputs).zip(&self.b).map(|(row, b)| {
+    /// Writes the layer's `b.len()` outputs for input `x` into `y`.
+    fn forward(&self, x: &[f32], y: &mut [f32], relu: bool) {
+        for ((out, row), b) in y.iter_mut().zip(self.w.chunks_exact(self.inputs)).zip(&self.b) {
             let v = row.iter().zip(x).map(|(w, x)| w * x).sum::<f32>() + b;
-            if relu { v.max(0.0) } else { v }
-        }));
+            *out = if relu { v.max(0.0) } else { v };
+        }
     }
 }
 
@@ -65,7 +68,7 @@ impl SacActor {
             let (w, b) = (get("weight")?, get("bias")?);
             let (out, inp) = w.dims2().map_err(|e| format!("{name}.weight: {e}"))?;
             let last = i + 1 == ACTOR_LAYERS.len();
-            if inp != inputs || b.dims() != [out] || (last && out != 1) || out == 0 || out > 4096 {
+            if inp != inputs || b.dims() != [out] || (last && out != 1) || out == 0 || out > MAX_ACTOR_WIDTH {
                 return Err(format!("{name}: weight {:?} and bias {:?} do not chain", w.dims(), b.dims()));
             }
             let w: Vec<f32> = w.flatten_all().and_then(|t| t.to_vec1()).map_err(|e| e.to_string())?;
@@ -84,16 +87,21 @@ impl SacActor {
         &self.table
     }
 
-    /// The logit of every pair; unavailable pairs get `-inf`.
+    /// The logit of every pair; unavailable pairs get `-inf`. No heap
+    /// allocation: the activations live in two stack buffers.
     pub fn logits(&self, enc: &Encoded) -> [f32; MAX_PAIRS] {
         let mut out = [f32::NEG_INFINITY; MAX_PAIRS];
-        let (mut a, mut b) = (Vec::with_capacity(64), Vec::with_capacity(64));
+        let (mut buf_a, mut buf_b) = ([0.0f32; MAX_ACTOR_WIDTH], [0.0f32; MAX_ACTOR_WIDTH]);
         for i in enc.available() {
-            a.clear();
-            a.extend_from_slice(&enc.features[i]);
+            let (mut a, mut b) = (&mut buf_a, &mut buf_b);
+            a[..PAIR_FEATURES].copy_from_slice(&enc.features[i]);
+            let mut width = PAIR_FEATURES;
             for (l, layer) in self.layers.iter().enumerate() {
-                layer.forward(&a, &mut b, l + 1 < self.layers.len());
+                let outputs = layer.b.len();
+                layer.forward(&a[..width], &mut b[..outputs], l + 1 < self.layers.len());
+                // Swap the references, not the buffers.
                 std::mem::swap(&mut a, &mut b);
+                width = outputs;
             }
             out[i] = a[0];
         }
@@ -114,7 +122,10 @@ impl Policy for SacActor {
 
     fn decide(&self, obs: &Observation) -> Result<Vec<Placement>, PolicyError> {
         let placements = RequestEncoder::new(&self.table, obs)?.decide_all(|_, _, enc| self.best(enc))?;
-        tracing::debug!(?obs, ?placements, "sac placement");
+        // Formatting the observation costs more than the decision: only when logged.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!(?obs, ?placements, "sac placement");
+        }
         Ok(placements)
     }
 }

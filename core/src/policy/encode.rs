@@ -33,7 +33,8 @@
 //! mask of the pairs that exist (the node hosts the model and is reachable).
 //! Pair `(m, n)` sits at index `n * MAX_MODELS + m`. The features are the
 //! phone's own estimate of that pair's quality, latency and costs (from the
-//! observation only: expected output length, measured goodput).
+//! observation only: expected output length, measured goodput), plus how much
+//! of the request is still to come (later subtasks queue behind this one).
 
 use super::{DeviceState, NodeState, Observation, Placement, PolicyError, QualityTable};
 
@@ -46,7 +47,7 @@ pub const MAX_DOMAINS: usize = 6;
 /// Number of (model, node) pairs in an encoded subtask.
 pub const MAX_PAIRS: usize = MAX_NODES * MAX_MODELS;
 /// Features per (model, node) pair.
-pub const PAIR_FEATURES: usize = 12;
+pub const PAIR_FEATURES: usize = 17;
 
 /// Prefill runs this many times faster than decode: 147 / 44.5 tokens/s,
 /// measured with `moe-edge bench` (SmolLM2-135M Q4_1, 2 threads, 512-token prompt).
@@ -96,6 +97,11 @@ pub struct PairCost {
     pub phone_energy_j: f32,
     /// Seconds of edge compute the subtask occupies (0 on the phone).
     pub edge_s: f32,
+    /// Seconds of the latency spent on the link (uplink and downlink; 0 on the phone).
+    pub transfer_s: f32,
+    /// Seconds of the latency that grow with the answer's length (decoding
+    /// it, behind the jobs ahead, and sending it back).
+    pub output_s: f32,
 }
 
 /// The deadline of a subtask, in seconds.
@@ -127,8 +133,15 @@ pub fn pair_cost(
     }
     let work_s = prompt_tokens / (PREFILL_OVER_DECODE * speed) + output_tokens / speed;
     let compute_s = work_s * (1.0 + jobs_ahead as f32);
+    let decode_s = output_tokens / speed * (1.0 + jobs_ahead as f32);
     if node_index == 0 {
-        return PairCost { latency_s: compute_s, phone_energy_j: PHONE_POWER_W * work_s, edge_s: 0.0 };
+        return PairCost {
+            latency_s: compute_s,
+            phone_energy_j: PHONE_POWER_W * work_s,
+            edge_s: 0.0,
+            transfer_s: 0.0,
+            output_s: decode_s,
+        };
     }
     let bits_per_token = BYTES_PER_TOKEN * 8.0;
     let rate_bps = goodput_mbps.max(1e-3) * 1e6;
@@ -136,7 +149,7 @@ pub fn pair_cost(
     let down_s = output_tokens * bits_per_token / rate_bps;
     let latency_s = node.rtt_ms / 1000.0 + up_s + down_s + compute_s;
     let phone_energy_j = RADIO_BASE_W * latency_s + RADIO_UP_W_PER_MBPS * goodput_mbps * up_s;
-    PairCost { latency_s, phone_energy_j, edge_s: work_s }
+    PairCost { latency_s, phone_energy_j, edge_s: work_s, transfer_s: up_s + down_s, output_s: decode_s + down_s }
 }
 
 /// The reward of one subtask (see the module docs for the formula).
@@ -172,32 +185,24 @@ pub struct RequestEncoder<'a> {
     table: &'a QualityTable,
     obs: &'a Observation,
     /// `hosted[n][m]`: node `n` is reachable and hosts model `m`.
-    hosted: Vec<[bool; MAX_MODELS]>,
+    hosted: [[bool; MAX_MODELS]; MAX_NODES],
     /// Subtasks of this request already placed on each node.
-    placed: Vec<u32>,
+    placed: [u32; MAX_NODES],
 }
 
 impl<'a> RequestEncoder<'a> {
     /// Checks the observation against the table and the size limits.
     pub fn new(table: &'a QualityTable, obs: &'a Observation) -> Result<Self, PolicyError> {
         validate(table, obs)?;
-        let hosted = obs
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(n, node)| {
-                let mut row = [false; MAX_MODELS];
-                if n == 0 || node.goodput_mbps > 0.0 {
-                    for id in &node.hosted {
-                        if let Some(m) = table.model_index(id) {
-                            row[m] = true;
-                        }
-                    }
+        let mut hosted = [[false; MAX_MODELS]; MAX_NODES];
+        for (n, node) in obs.nodes.iter().enumerate() {
+            if n == 0 || node.goodput_mbps > 0.0 {
+                for m in node.hosted.iter().filter_map(|id| table.model_index(id)) {
+                    hosted[n][m] = true;
                 }
-                row
-            })
-            .collect();
-        Ok(RequestEncoder { table, obs, hosted, placed: vec![0; obs.nodes.len()] })
+            }
+        }
+        Ok(RequestEncoder { table, obs, hosted, placed: [0; MAX_NODES] })
     }
 
     /// The quality table in use.
@@ -219,10 +224,15 @@ impl<'a> RequestEncoder<'a> {
     pub fn encode(&self, s: usize) -> Encoded {
         let sub = &self.obs.subtasks[s];
         let device = &self.obs.device;
-        let gate = normalised(&sub.gate);
+        // Expected quality is linear in the gate: scale once instead of normalising.
+        let gate_sum: f32 = sub.gate.iter().sum();
         let out = sub.expected_output_tokens.max(1) as f32;
         let deadline = deadline_s(out);
         let w = battery_weight(device);
+        // What is still to come in this request (later subtasks queue behind this one).
+        let later = &self.obs.subtasks[s + 1..];
+        let later_subtasks = later.len() as f32 / 2.0;
+        let later_output = later.iter().map(|l| l.expected_output_tokens as f32).sum::<f32>() / 1024.0;
         let mut enc = Encoded { features: [[0.0; PAIR_FEATURES]; MAX_PAIRS], mask: [false; MAX_PAIRS] };
         for (n, node) in self.obs.nodes.iter().enumerate() {
             let ahead = node.queue + self.placed[n];
@@ -230,19 +240,26 @@ impl<'a> RequestEncoder<'a> {
             for m in (0..self.table.models.len()).filter(|&m| self.hosted[n][m]) {
                 let i = pair_index(m, n);
                 enc.mask[i] = true;
+                // Every feature is O(1); the cost terms are in reward points.
+                let latency = cost.latency_s.max(1e-3);
                 enc.features[i] = [
-                    self.table.expected_quality(m, &gate) / 10.0,
+                    self.table.expected_quality(m, &sub.gate) / gate_sum / 10.0,
                     (cost.latency_s / deadline).min(5.0),
                     if cost.latency_s > deadline { 1.0 } else { 0.0 },
-                    cost.phone_energy_j / 10.0,
-                    w * cost.phone_energy_j / 10.0,
-                    cost.edge_s / 10.0,
+                    LAMBDA_ENERGY * cost.phone_energy_j,
+                    LAMBDA_ENERGY * w * cost.phone_energy_j,
+                    LAMBDA_EDGE * cost.edge_s,
                     (ahead as f32 / 4.0).min(3.0),
                     if n == 0 { 1.0 } else { 0.0 },
-                    w,
+                    w / 3.0,
                     device.thermal,
                     if n == 0 { 0.0 } else { (1.0 + node.goodput_mbps).ln() / 5.0 },
                     out / 512.0,
+                    (latency / deadline).ln().clamp(-4.0, 4.0) / 2.0,
+                    cost.transfer_s / latency,
+                    cost.output_s / latency,
+                    later_subtasks,
+                    later_output,
                 ];
             }
         }
@@ -375,7 +392,8 @@ mod tests {
         let server = node(50.0, 10.0, &["code"], 100.0);
         let c = pair_cost(1, &server, &d, 0.0, 100.0, 10.0, 1);
         assert!(c.latency_s > 2.05 && c.edge_s > 0.99 && c.edge_s < 1.01);
-        let late = PairCost { latency_s: 10.0, phone_energy_j: 0.0, edge_s: 0.0 };
+        assert!((c.transfer_s - 100.0 * 48.0 / 10e6).abs() < 1e-6 && c.output_s > c.transfer_s);
+        let late = PairCost { latency_s: 10.0, phone_energy_j: 0.0, edge_s: 0.0, transfer_s: 0.0, output_s: 0.0 };
         assert_eq!(reward(5.0, &late, 5.0, &d), 5.0 - MISS_PENALTY);
     }
 

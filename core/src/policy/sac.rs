@@ -38,7 +38,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::encode::{Encoded, MAX_PAIRS, PAIR_FEATURES, RequestEncoder};
-use super::sim::{Scenario, ScenarioConfig};
+use super::sim::{Scenario, ScenarioConfig, mean_reward_on, mean_upper_bound_on};
 use super::{Greedy, LocalOnly, Policy, PolicyError, QualityTable, RandomPolicy, SacActor};
 
 /// Every hyper-parameter of the trainer.
@@ -54,7 +54,10 @@ pub struct SacConfig {
     pub buffer_size: usize,
     /// Transitions per gradient step.
     pub batch_size: usize,
-    /// Discount between the subtasks of one request.
+    /// Discount between the subtasks of one request. 0 by default: requests
+    /// are independent and a subtask's reward follows from its own placement
+    /// (given the earlier ones), so this is a contextual bandit and the
+    /// critic's target is the reward itself.
     pub gamma: f32,
     /// Polyak averaging rate of the target critics.
     pub tau: f32,
@@ -76,6 +79,10 @@ pub struct SacConfig {
     pub actor_hidden: usize,
     /// Width of each critic's two hidden layers.
     pub critic_hidden: usize,
+    /// Draw each training request's setup at random (1 ..= the configured
+    /// number of servers, fewer hosted experts; [`ScenarioConfig::varied`]) so
+    /// the actor also learns the smaller setups its masks allow.
+    pub vary_setups: bool,
 }
 
 impl Default for SacConfig {
@@ -86,7 +93,7 @@ impl Default for SacConfig {
             requests_per_episode: 32,
             buffer_size: 100_000,
             batch_size: 128,
-            gamma: 0.99,
+            gamma: 0.0,
             tau: 0.005,
             actor_lr: 3e-4,
             critic_lr: 1e-3,
@@ -94,9 +101,10 @@ impl Default for SacConfig {
             initial_alpha: 0.2,
             target_entropy_scale: 0.3,
             learning_starts: 1_000,
-            updates_per_request: 1,
+            updates_per_request: 4,
             actor_hidden: 32,
             critic_hidden: 64,
+            vary_setups: true,
         }
     }
 }
@@ -238,9 +246,17 @@ impl Replay {
         (&self.states[i * row..(i + 1) * row], &self.masks[i * MAX_PAIRS..(i + 1) * MAX_PAIRS])
     }
 
-    fn sample(&self, rng: &mut StdRng, n: usize, kappa: f32, dev: &Device) -> candle_core::Result<Batch> {
+    /// Samples `n` transitions; their next states only if `with_next` (γ > 0).
+    fn sample(
+        &self,
+        rng: &mut StdRng,
+        n: usize,
+        kappa: f32,
+        with_next: bool,
+        dev: &Device,
+    ) -> candle_core::Result<Batch> {
         let picks: Vec<usize> = (0..n).map(|_| rng.random_range(0..self.len)).collect();
-        let done = |i: usize| self.dones[i] > 0.5;
+        let done = |i: usize| !with_next || self.dones[i] > 0.5;
         // A terminal transition's next state is left out: it is multiplied by 1 − done = 0.
         let next = picks.iter().map(|&i| (!done(i)).then(|| self.state((i + 1) % self.capacity)));
         let entropy = |i: usize| kappa * self.state(i).1.iter().sum::<f32>().max(1.0).ln();
@@ -408,14 +424,25 @@ impl Trainer {
 
     /// One gradient step of critics, actor and temperature; returns the critic loss.
     fn update(&mut self) -> candle_core::Result<f32> {
-        let b = self.replay.sample(&mut self.rng, self.cfg.batch_size, self.cfg.target_entropy_scale, &self.dev)?;
+        let gamma = self.cfg.gamma;
+        let b = self.replay.sample(
+            &mut self.rng,
+            self.cfg.batch_size,
+            self.cfg.target_entropy_scale,
+            gamma > 0.0,
+            &self.dev,
+        )?;
         let alpha = self.alpha()? as f64;
-        // Soft target y = r + γ (1 − done) V(s'), no gradient.
-        let (logp2, p2) = policy(&self.actor, &b.s2)?;
-        let q_next = self.targets[0].forward(&b.s2)?.minimum(&self.targets[1].forward(&b.s2)?)?;
-        let v_next = ((p2 * (q_next - (logp2 * alpha)?)?)? * &b.s2.mask)?.sum(1)?;
-        let not_done = (1.0 - &b.done)?;
-        let y = (&b.r + ((v_next * not_done)? * self.cfg.gamma as f64)?)?.detach();
+        // Soft target y = r + γ (1 − done) V(s'), no gradient (y = r when γ = 0).
+        let y = if gamma > 0.0 {
+            let (logp2, p2) = policy(&self.actor, &b.s2)?;
+            let q_next = self.targets[0].forward(&b.s2)?.minimum(&self.targets[1].forward(&b.s2)?)?;
+            let v_next = ((p2 * (q_next - (logp2 * alpha)?)?)? * &b.s2.mask)?.sum(1)?;
+            let not_done = (1.0 - &b.done)?;
+            (&b.r + ((v_next * not_done)? * gamma as f64)?)?.detach()
+        } else {
+            b.r.clone()
+        };
         // Critics.
         let q1 = self.critics[0].forward(&b.s)?;
         let q2 = self.critics[1].forward(&b.s)?;
@@ -463,6 +490,13 @@ impl Trainer {
         self.actor_vars.save(path).map_err(PolicyError::from)
     }
 
+    /// The scenario of training request `r`.
+    fn scenario(&self, r: usize) -> Scenario {
+        let seed = self.train_seed(r);
+        let setup = if self.cfg.vary_setups { self.scenarios.varied(seed) } else { self.scenarios };
+        Scenario::sample(&self.table, &setup, seed)
+    }
+
     /// Runs one episode: acts on `requests_per_episode` fresh scenarios,
     /// learns after each request, and scores every method on the same requests.
     pub fn run_episode(&mut self) -> Result<EpisodeLog, PolicyError> {
@@ -470,8 +504,9 @@ impl Trainer {
         let n = self.cfg.requests_per_episode;
         let first = self.episode * n;
         let (mut sampled, mut losses) = (0.0f32, Vec::new());
+        let mut requests = Vec::with_capacity(n);
         for r in first..first + n {
-            let sc = Scenario::sample(&table, &self.scenarios, self.train_seed(r));
+            let sc = self.scenario(r);
             let mut encoder = RequestEncoder::new(&table, &sc.obs)?;
             let k = sc.obs.subtasks.len();
             let mut steps = Vec::with_capacity(k);
@@ -492,15 +527,15 @@ impl Trainer {
                     losses.push(self.update()?);
                 }
             }
+            requests.push(sc);
         }
-        let seeds = (first..first + n).map(|r| self.train_seed(r));
         let actor = self.runtime_actor()?;
-        let mean = |p: &dyn Policy| super::sim::mean_reward(&table, &self.scenarios, seeds.clone(), p);
+        let mean = |p: &dyn Policy| mean_reward_on(&table, &requests, p);
         let log = EpisodeLog {
             episode: self.episode,
             sac_sampled: sampled / n as f32,
             sac: mean(&actor)?,
-            upper_bound: super::sim::mean_upper_bound(&table, &self.scenarios, seeds.clone())?,
+            upper_bound: mean_upper_bound_on(&table, &requests)?,
             local_only: mean(&LocalOnly::new(table.clone()))?,
             random: mean(&RandomPolicy::new(table.clone(), self.cfg.seed ^ first as u64))?,
             greedy: mean(&Greedy::new(table.clone()))?,

@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::encode::{MAX_MODELS, RequestEncoder, deadline_s, normalised, pair_cost, pair_index, reward};
+use super::encode::{MAX_MODELS, MAX_NODES, RequestEncoder, deadline_s, normalised, pair_cost, pair_index, reward};
 use super::{DeviceState, NodeState, Observation, Placement, Policy, PolicyError, QualityTable, SubtaskInfo};
 
 /// Our measured decode speed of the base model on this 2-core machine, tokens/s
@@ -82,6 +82,24 @@ impl ScenarioConfig {
     /// models, and the phone with the base model only.
     pub fn reduced() -> Self {
         ScenarioConfig { servers: 1, max_subtasks: 3, phone_expert_prob: 0.0, server_model_prob: 0.3 }
+    }
+
+    /// A setup drawn from `seed` between the reduced setting and this one:
+    /// 1 ..= `servers` servers, and hosting probabilities drawn between the
+    /// reduced setting's and this one's. Training on such setups teaches the
+    /// actor the smaller networks its masks allow.
+    pub fn varied(&self, seed: u64) -> Self {
+        // A stream of its own, apart from the scenario's draws from the same seed.
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+        let low = ScenarioConfig::reduced();
+        let servers = rng.random_range(1..=self.servers.max(1));
+        let mut between = |a: f64, b: f64| if a < b { rng.random_range(a..=b) } else { a };
+        ScenarioConfig {
+            servers,
+            max_subtasks: self.max_subtasks,
+            phone_expert_prob: between(low.phone_expert_prob, self.phone_expert_prob),
+            server_model_prob: between(low.server_model_prob, self.server_model_prob),
+        }
     }
 }
 
@@ -198,75 +216,214 @@ impl Scenario {
     /// The realised reward of subtask `s` on pair `i`, counting `placed` jobs
     /// of this request already on each node (and recording this one).
     fn pair_reward(&self, table: &QualityTable, s: usize, i: usize, placed: &mut [u32]) -> f32 {
-        let (m, n) = (i % MAX_MODELS, i / MAX_MODELS);
-        let sub = &self.obs.subtasks[s];
-        let node = &self.obs.nodes[n];
-        let cost = pair_cost(
-            n,
-            node,
-            &self.obs.device,
-            sub.prompt_tokens as f32,
-            self.output_tokens[s],
-            self.goodput_mbps[n],
-            node.queue + placed[n],
-        );
-        placed[n] += 1;
-        let quality = table.expected_quality(m, &normalised(&sub.gate));
-        reward(quality, &cost, deadline_s(sub.expected_output_tokens.max(1) as f32), &self.obs.device)
+        outcome_reward(table, &self.obs, &self.output_tokens, &self.goodput_mbps, s, i, placed)
     }
 
     /// The upper bound: exhaustive search over every combination of available
     /// pairs for the whole request, scored with the realised costs.
     pub fn upper_bound(&self, table: &QualityTable) -> Result<f32, PolicyError> {
-        let encoder = RequestEncoder::new(table, &self.obs)?;
-        let pairs: Vec<usize> = (0..self.obs.nodes.len())
-            .flat_map(|n| (0..table.models.len()).map(move |m| (m, n)))
-            .filter(|&(m, n)| encoder.hosts(n, m))
-            .map(|(m, n)| pair_index(m, n))
-            .collect();
-        if pairs.is_empty() && !self.obs.subtasks.is_empty() {
-            return Err(PolicyError::NoAvailablePair(0));
+        let pairs = available_pairs(table, &self.obs)?;
+        let (best, _) = best_joint(&pairs, self.obs.subtasks.len(), self.obs.nodes.len(), |s, i, placed| {
+            self.pair_reward(table, s, i, placed)
+        });
+        Ok(best)
+    }
+}
+
+/// The reward of subtask `s` on pair `i` when the answers turn out
+/// `output_tokens` long and the links carry `goodput_mbps`, counting `placed`
+/// jobs of this request already on each node (and recording this one).
+fn outcome_reward(
+    table: &QualityTable,
+    obs: &Observation,
+    output_tokens: &[f32],
+    goodput_mbps: &[f32],
+    s: usize,
+    i: usize,
+    placed: &mut [u32],
+) -> f32 {
+    let (m, n) = (i % MAX_MODELS, i / MAX_MODELS);
+    let sub = &obs.subtasks[s];
+    let node = &obs.nodes[n];
+    let cost = pair_cost(
+        n,
+        node,
+        &obs.device,
+        sub.prompt_tokens as f32,
+        output_tokens[s],
+        goodput_mbps[n],
+        node.queue + placed[n],
+    );
+    placed[n] += 1;
+    let quality = table.expected_quality(m, &normalised(&sub.gate));
+    reward(quality, &cost, deadline_s(sub.expected_output_tokens.max(1) as f32), &obs.device)
+}
+
+/// The pair indices any subtask of `obs` may use (the same for every subtask).
+fn available_pairs(table: &QualityTable, obs: &Observation) -> Result<Vec<usize>, PolicyError> {
+    let encoder = RequestEncoder::new(table, obs)?;
+    let pairs: Vec<usize> = (0..obs.nodes.len())
+        .flat_map(|n| (0..table.models.len()).map(move |m| (m, n)))
+        .filter(|&(m, n)| encoder.hosts(n, m))
+        .map(|(m, n)| pair_index(m, n))
+        .collect();
+    if pairs.is_empty() && !obs.subtasks.is_empty() {
+        return Err(PolicyError::NoAvailablePair(0));
+    }
+    Ok(pairs)
+}
+
+/// Exhaustive search over every assignment of `pairs` to `subtasks` subtasks:
+/// the best total of `reward(s, pair, placed)` (subtasks scored in order,
+/// `placed` counting this request's jobs per node) and the pairs that reach it.
+fn best_joint(
+    pairs: &[usize],
+    subtasks: usize,
+    nodes: usize,
+    mut reward: impl FnMut(usize, usize, &mut [u32]) -> f32,
+) -> (f32, Vec<usize>) {
+    let mut choice = vec![0usize; subtasks];
+    let (mut best, mut best_choice) = (f32::NEG_INFINITY, Vec::new());
+    let mut placed = vec![0u32; nodes];
+    loop {
+        placed.iter_mut().for_each(|p| *p = 0);
+        let total: f32 = choice.iter().enumerate().map(|(s, &c)| reward(s, pairs[c], &mut placed)).sum();
+        if total > best {
+            best = total;
+            best_choice = choice.iter().map(|&c| pairs[c]).collect();
         }
-        let options = vec![pairs; self.obs.subtasks.len()];
-        let mut choice = vec![0usize; options.len()];
-        let mut best = f32::NEG_INFINITY;
+        // Next combination (odometer order).
+        let mut s = 0;
         loop {
-            let mut placed = vec![0u32; self.obs.nodes.len()];
-            let total: f32 =
-                choice.iter().enumerate().map(|(s, &c)| self.pair_reward(table, s, options[s][c], &mut placed)).sum();
-            best = best.max(total);
-            // Next combination (odometer order).
-            let mut s = 0;
-            loop {
-                if s == choice.len() {
-                    return Ok(best);
-                }
-                choice[s] += 1;
-                if choice[s] < options[s].len() {
-                    break;
-                }
-                choice[s] = 0;
-                s += 1;
+            if s == choice.len() {
+                return (best, best_choice);
             }
+            choice[s] += 1;
+            if choice[s] < pairs.len() {
+                break;
+            }
+            choice[s] = 0;
+            s += 1;
         }
     }
 }
 
-/// Mean request reward of a policy and of the upper bound over the scenarios
-/// with the given seeds.
+/// The SNR in dB at which a `BANDWIDTH_MHZ` channel carries `mbps` (the
+/// inverse of [`shannon_mbps`]).
+pub fn snr_db_for(mbps: f32) -> f32 {
+    10.0 * (2f32.powf(mbps / BANDWIDTH_MHZ) - 1.0).max(1e-6).log10()
+}
+
+/// The best any policy that sees only the observation can do, estimated: for
+/// each request, the placement with the highest *expected* reward, where the
+/// expectation is over what the phone cannot see (each link's fading around
+/// its measured SNR, each answer's length around its expected one, drawn as
+/// [`Scenario::sample`] draws them), estimated from `samples` draws shared by
+/// all candidate placements. `joint` searches every combination for the whole
+/// request; otherwise the subtasks are placed one after another, each on its
+/// own best pair given the earlier ones (what a per-subtask policy such as the
+/// SAC actor can at best do). Far too slow to deploy; a yardstick only.
+pub struct ExpectedCostOracle {
+    table: QualityTable,
+    samples: usize,
+    joint: bool,
+}
+
+impl ExpectedCostOracle {
+    /// An oracle over `table` averaging `samples` draws; `joint` as above.
+    pub fn new(table: QualityTable, samples: usize, joint: bool) -> Self {
+        ExpectedCostOracle { table, samples: samples.max(1), joint }
+    }
+
+    /// `samples` draws of (answer length per subtask, goodput per node) given `obs`.
+    fn draws(&self, obs: &Observation) -> Vec<(Vec<f32>, Vec<f32>)> {
+        // Fixed seed: the same observation always gets the same draws.
+        let mut rng = StdRng::seed_from_u64(0x0c05_7e57);
+        (0..self.samples)
+            .map(|_| {
+                let out = obs
+                    .subtasks
+                    .iter()
+                    .map(|s| (s.expected_output_tokens as f32 * (OUTPUT_SPREAD * normal(&mut rng)).exp()).max(1.0))
+                    .collect();
+                let goodput = obs
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(n, node)| {
+                        if n == 0 || node.goodput_mbps <= 0.0 {
+                            node.goodput_mbps
+                        } else {
+                            shannon_mbps(snr_db_for(node.goodput_mbps) + SNR_FADING_DB * normal(&mut rng))
+                        }
+                    })
+                    .collect();
+                (out, goodput)
+            })
+            .collect()
+    }
+}
+
+impl Policy for ExpectedCostOracle {
+    fn name(&self) -> &str {
+        if self.joint { "expected-cost oracle" } else { "expected-cost oracle (per subtask)" }
+    }
+
+    fn decide(&self, obs: &Observation) -> Result<Vec<Placement>, PolicyError> {
+        let t = &self.table;
+        let pairs = available_pairs(t, obs)?;
+        let draws = self.draws(obs);
+        let nodes = obs.nodes.len();
+        // Mean reward over the draws of subtask `s` on pair `i` with `placed` jobs ahead.
+        let expected = |s: usize, i: usize, placed: &mut [u32]| {
+            let mut scratch = [0u32; MAX_NODES];
+            let sum: f32 = draws
+                .iter()
+                .map(|(out, goodput)| {
+                    scratch[..nodes].copy_from_slice(placed);
+                    outcome_reward(t, obs, out, goodput, s, i, &mut scratch[..nodes])
+                })
+                .sum();
+            placed[i / MAX_MODELS] += 1;
+            sum / draws.len() as f32
+        };
+        let chosen = if self.joint {
+            best_joint(&pairs, obs.subtasks.len(), nodes, expected).1
+        } else {
+            let mut placed = vec![0u32; nodes];
+            let mut chosen = Vec::with_capacity(obs.subtasks.len());
+            for s in 0..obs.subtasks.len() {
+                let score = |i: usize| expected(s, i, &mut placed.clone());
+                let best = pairs.iter().copied().max_by(|&a, &b| score(a).total_cmp(&score(b)));
+                let best = best.ok_or(PolicyError::NoAvailablePair(s))?;
+                placed[best / MAX_MODELS] += 1;
+                chosen.push(best);
+            }
+            chosen
+        };
+        let mut encoder = RequestEncoder::new(t, obs)?;
+        Ok(chosen.into_iter().map(|i| encoder.place(i)).collect())
+    }
+}
+
+/// Mean request reward of a policy over the scenarios with the given seeds.
 pub fn mean_reward(
     table: &QualityTable,
     config: &ScenarioConfig,
     seeds: impl Iterator<Item = u64>,
     policy: &dyn Policy,
 ) -> Result<f32, PolicyError> {
-    let (mut sum, mut n) = (0.0f64, 0usize);
-    for seed in seeds {
-        let sc = Scenario::sample(table, config, seed);
+    let scenarios: Vec<Scenario> = seeds.map(|seed| Scenario::sample(table, config, seed)).collect();
+    mean_reward_on(table, &scenarios, policy)
+}
+
+/// Mean request reward of a policy over the given scenarios.
+pub fn mean_reward_on(table: &QualityTable, scenarios: &[Scenario], policy: &dyn Policy) -> Result<f32, PolicyError> {
+    let mut sum = 0.0f64;
+    for sc in scenarios {
         sum += sc.subtask_rewards(table, &policy.decide(&sc.obs)?)?.iter().sum::<f32>() as f64;
-        n += 1;
     }
-    Ok((sum / n.max(1) as f64) as f32)
+    Ok((sum / scenarios.len().max(1) as f64) as f32)
 }
 
 /// Mean upper-bound request reward over the scenarios with the given seeds.
@@ -275,12 +432,17 @@ pub fn mean_upper_bound(
     config: &ScenarioConfig,
     seeds: impl Iterator<Item = u64>,
 ) -> Result<f32, PolicyError> {
-    let (mut sum, mut n) = (0.0f64, 0usize);
-    for seed in seeds {
-        sum += Scenario::sample(table, config, seed).upper_bound(table)? as f64;
-        n += 1;
+    let scenarios: Vec<Scenario> = seeds.map(|seed| Scenario::sample(table, config, seed)).collect();
+    mean_upper_bound_on(table, &scenarios)
+}
+
+/// Mean upper-bound request reward over the given scenarios.
+pub fn mean_upper_bound_on(table: &QualityTable, scenarios: &[Scenario]) -> Result<f32, PolicyError> {
+    let mut sum = 0.0f64;
+    for sc in scenarios {
+        sum += sc.upper_bound(table)? as f64;
     }
-    Ok((sum / n.max(1) as f64) as f32)
+    Ok((sum / scenarios.len().max(1) as f64) as f32)
 }
 
 /// First seed of the held-out evaluation scenarios; training seeds are all below it.
@@ -356,6 +518,13 @@ mod tests {
     }
 
     #[test]
+    fn snr_for_a_rate_inverts_shannon() {
+        for snr in [-5.0, 0.0, 12.5, 30.0] {
+            assert!((snr_db_for(shannon_mbps(snr)) - snr).abs() < 1e-2, "{snr}");
+        }
+    }
+
+    #[test]
     fn shannon_rate_matches_the_formula() {
         // 20 MHz at 0 dB (SNR 1): 20 · log2(2) = 20 Mbit/s.
         assert!((shannon_mbps(0.0) - 20.0).abs() < 1e-4);
@@ -370,6 +539,8 @@ mod tests {
             Box::new(LocalOnly::new(t.clone())),
             Box::new(Greedy::new(t.clone())),
             Box::new(RandomPolicy::new(t.clone(), 3)),
+            Box::new(ExpectedCostOracle::new(t.clone(), 8, true)),
+            Box::new(ExpectedCostOracle::new(t.clone(), 8, false)),
         ];
         for seed in 0..200 {
             let sc = Scenario::sample(&t, &c, seed);
@@ -378,6 +549,36 @@ mod tests {
                 let r: f32 = sc.subtask_rewards(&t, &p.decide(&sc.obs).unwrap()).unwrap().iter().sum();
                 assert!(r <= ub + 1e-4, "{} beat the upper bound on seed {seed}: {r} > {ub}", p.name());
             }
+        }
+    }
+
+    #[test]
+    fn expected_cost_oracle_beats_the_baselines_and_joint_search_helps() {
+        let t = QualityTable::synthetic(1);
+        let c = ScenarioConfig::training();
+        let scenarios: Vec<Scenario> = (0..150).map(|seed| Scenario::sample(&t, &c, EVAL_SEED_BASE + seed)).collect();
+        let joint = mean_reward_on(&t, &scenarios, &ExpectedCostOracle::new(t.clone(), 16, true)).unwrap();
+        let sequential = mean_reward_on(&t, &scenarios, &ExpectedCostOracle::new(t.clone(), 16, false)).unwrap();
+        let greedy = mean_reward_on(&t, &scenarios, &Greedy::new(t.clone())).unwrap();
+        let local = mean_reward_on(&t, &scenarios, &LocalOnly::new(t.clone())).unwrap();
+        let upper = mean_upper_bound_on(&t, &scenarios).unwrap();
+        assert!(joint > greedy && joint > local, "oracle {joint} vs greedy {greedy}, local-only {local}");
+        assert!(joint >= sequential - 0.05, "joint {joint} well below per-subtask {sequential}");
+        assert!(joint <= upper, "oracle {joint} above the upper bound {upper}");
+    }
+
+    #[test]
+    fn varied_setups_stay_between_reduced_and_full() {
+        let full = ScenarioConfig::training();
+        let servers: Vec<usize> = (0..300).map(|seed| full.varied(seed).servers).collect();
+        assert!((1..=full.servers).all(|n| servers.contains(&n)));
+        for seed in 0..300 {
+            let v = full.varied(seed);
+            assert_eq!(v, full.varied(seed));
+            assert!((0.0..=full.phone_expert_prob).contains(&v.phone_expert_prob));
+            assert!(
+                (ScenarioConfig::reduced().server_model_prob..=full.server_model_prob).contains(&v.server_model_prob)
+            );
         }
     }
 

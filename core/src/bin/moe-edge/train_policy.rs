@@ -2,7 +2,7 @@
 //! simulator, evaluates it against the baselines and the upper bound on
 //! held-out scenarios, and writes the actor, a results JSON and two charts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -10,7 +10,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use moe_edge::plot::{Series, bar_chart, line_chart};
 use moe_edge::policy::sac::{EpisodeLog, SacConfig, Trainer};
-use moe_edge::policy::sim::{Evaluation, ScenarioConfig, evaluate};
+use moe_edge::policy::sim::{Evaluation, ExpectedCostOracle, ScenarioConfig, evaluate};
 use moe_edge::policy::{ACTOR_FILE, Greedy, LocalOnly, Policy, QUALITY_FILE, QualityTable, RandomPolicy, SacActor};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -39,12 +39,21 @@ pub struct TrainPolicyArgs {
     /// Requests per episode.
     #[arg(long)]
     requests_per_episode: Option<usize>,
+    /// Discount between the subtasks of a request (default 0: each subtask's own reward).
+    #[arg(long)]
+    gamma: Option<f32>,
     /// Seed of the whole run (initialisation, exploration, training scenarios); < 2^31.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Held-out scenarios for the final evaluation.
     #[arg(long, default_value_t = 1000)]
     eval_scenarios: usize,
+    /// Draws per request of the expected-cost oracles (0: leave them out).
+    #[arg(long, default_value_t = 64)]
+    oracle_samples: usize,
+    /// Do not train: evaluate the actor at --out (default models/policy.safetensors) and print the table.
+    #[arg(long)]
+    evaluate_only: bool,
 }
 
 /// Mean over all episodes and over the last tenth, per method (the paper's bar chart).
@@ -99,9 +108,16 @@ pub fn run(args: TrainPolicyArgs, threads: Option<usize>) -> Result<()> {
             (t.clone(), QualityInfo { source: path.display().to_string(), sha256: Some(sha), mapping: t.mapping })
         }
     };
+    if args.evaluate_only {
+        let actor = args.out.clone().unwrap_or_else(|| args.models_dir.join(ACTOR_FILE));
+        let (e, r) = evaluate_held_out(&table, &actor, &args)?;
+        print_evaluations(&e, &r);
+        return Ok(());
+    }
     let mut cfg = SacConfig { seed: args.seed, ..SacConfig::default() };
     cfg.episodes = args.episodes.unwrap_or(cfg.episodes);
     cfg.requests_per_episode = args.requests_per_episode.unwrap_or(cfg.requests_per_episode);
+    cfg.gamma = args.gamma.unwrap_or(cfg.gamma);
     anyhow::ensure!(cfg.episodes > 0 && args.eval_scenarios > 0, "--episodes and --eval-scenarios must be positive");
     let train_cfg = ScenarioConfig::training();
     let mut trainer = Trainer::new(table.clone(), train_cfg, cfg.clone())?;
@@ -129,16 +145,7 @@ pub fn run(args: TrainPolicyArgs, threads: Option<usize>) -> Result<()> {
     }
     trainer.save_actor(&out)?;
     // Evaluate the actor exactly as shipped: read back from the file.
-    let actor = SacActor::load(&out, table.clone())?;
-    eprintln!("evaluating on {} held-out scenarios ...", args.eval_scenarios);
-    let local = LocalOnly::new(table.clone());
-    let random = RandomPolicy::new(table.clone(), args.seed);
-    let greedy = Greedy::new(table.clone());
-    let policies: [&dyn Policy; 4] = [&actor, &local, &random, &greedy];
-    let held_out = evaluate(&table, &train_cfg, args.eval_scenarios, &policies)?;
-    let reduced_cfg = ScenarioConfig::reduced();
-    let held_out_reduced = evaluate(&table, &reduced_cfg, args.eval_scenarios, &policies)?;
-
+    let (held_out, held_out_reduced) = evaluate_held_out(&table, &out, &args)?;
     std::fs::create_dir_all(&args.results_dir).with_context(|| format!("creating {}", args.results_dir.display()))?;
     let methods: [(&str, Metric); 5] = [
         ("upper bound", |l| l.upper_bound),
@@ -193,11 +200,12 @@ pub fn run(args: TrainPolicyArgs, threads: Option<usize>) -> Result<()> {
     )?;
 
     let result = TrainPolicyResult {
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        // The program by its name, not its path on this machine.
+        command: std::iter::once("moe-edge".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" "),
         quality,
         hyper_parameters: cfg,
         training_scenarios: format!("{train_cfg:?}"),
-        reduced_scenarios: format!("{reduced_cfg:?}"),
+        reduced_scenarios: format!("{:?}", ScenarioConfig::reduced()),
         threads: threads.unwrap_or_else(candle_core::utils::get_num_threads),
         training_seconds,
         actor_path: out.display().to_string(),
@@ -215,13 +223,40 @@ pub fn run(args: TrainPolicyArgs, threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
+/// Scores the actor saved at `actor_path`, the baselines and the expected-cost
+/// oracles on the held-out scenarios of the training setting and of the reduced one.
+fn evaluate_held_out(
+    table: &QualityTable,
+    actor_path: &Path,
+    args: &TrainPolicyArgs,
+) -> Result<(Evaluation, Evaluation)> {
+    let actor = SacActor::load(actor_path, table.clone())?;
+    eprintln!("evaluating on {} held-out scenarios ...", args.eval_scenarios);
+    let local = LocalOnly::new(table.clone());
+    let random = RandomPolicy::new(table.clone(), args.seed);
+    let greedy = Greedy::new(table.clone());
+    let joint = ExpectedCostOracle::new(table.clone(), args.oracle_samples, true);
+    let sequential = ExpectedCostOracle::new(table.clone(), args.oracle_samples, false);
+    let mut policies: Vec<&dyn Policy> = vec![&actor, &local, &random, &greedy];
+    if args.oracle_samples > 0 {
+        policies.extend([&joint as &dyn Policy, &sequential]);
+    }
+    let e = evaluate(table, &ScenarioConfig::training(), args.eval_scenarios, &policies)?;
+    let r = evaluate(table, &ScenarioConfig::reduced(), args.eval_scenarios, &policies)?;
+    Ok((e, r))
+}
+
 fn print_summary(r: &TrainPolicyResult) {
     println!("trained in {:.0} s; actor {} bytes", r.training_seconds, r.actor_bytes);
-    for (label, e) in [("held-out", &r.held_out), ("held-out, fewer servers/experts", &r.held_out_reduced)] {
+    print_evaluations(&r.held_out, &r.held_out_reduced);
+}
+
+fn print_evaluations(held_out: &Evaluation, reduced: &Evaluation) {
+    for (label, e) in [("held-out", held_out), ("held-out, fewer servers/experts", reduced)] {
         println!("{label} ({} scenarios): upper bound {:.3}", e.scenarios, e.upper_bound);
         for m in &e.methods {
             println!(
-                "  {:<11} {:>8.3}  {:>6.1} % of upper bound",
+                "  {:<34} {:>8.3}  {:>6.1} % of upper bound",
                 m.name,
                 m.mean_reward,
                 100.0 * m.fraction_of_upper_bound
