@@ -8,6 +8,10 @@
 //! concurrently, each on its own QUIC stream with a deadline; when one fails
 //! (error, timeout, lost connection, busy server) it is re-run locally on the
 //! base model and the listener receives [`EngineEvent::Fallback`].
+//!
+//! Every model loaded from the models directory (gate, policy actor, on-device
+//! experts) is first checked against `manifest.json` (size and SHA-256); a
+//! mismatch is refused with [`EngineError::Manifest`].
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -18,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::gate::{Gate, GateError, decompose};
+use crate::manifest::{Manifest, ManifestError};
 use crate::model::{CancelToken, GenerateOptions, LocalModel, ModelError, StopReason};
 use crate::offload::protocol::GenerateRequest;
 use crate::offload::{EdgeClient, EdgeServerConfig, LinkState, OffloadError};
@@ -27,6 +32,27 @@ use crate::policy::{
 
 /// The base model's expert id.
 pub const BASE_EXPERT: &str = "base";
+/// The gate's id in `manifest.json`.
+const GATE_ID: &str = "gate";
+/// The SAC actor's id in `manifest.json`.
+const POLICY_ID: &str = "policy";
+
+/// The request for a remote subtask and its deadline. The deadline also goes on
+/// the wire, so the server stops on its own even if the client's stream reset
+/// never arrives.
+fn remote_request(expert: &str, prompt: &str, options: &GenerateOptions) -> (GenerateRequest, Duration) {
+    let deadline = REMOTE_BASE_DEADLINE + REMOTE_PER_TOKEN * options.max_tokens.min(100_000) as u32;
+    let request = GenerateRequest {
+        expert: expert.to_owned(),
+        prompt: prompt.to_owned(),
+        sampling: options.sampling.clone(),
+        max_tokens: options.max_tokens.min(u32::MAX as usize) as u32,
+        stop: options.stop.clone(),
+        chat: options.chat,
+        deadline_ms: deadline.as_millis().min(u32::MAX as u128) as u32,
+    };
+    (request, deadline)
+}
 
 /// The expert ids runnable from `experts_dir` (`models/experts`): `"base"`, then
 /// every sub-directory holding a `config.json`, sorted.
@@ -228,6 +254,10 @@ pub enum EngineError {
     /// The local model failed.
     #[error("model: {0}")]
     Model(#[from] ModelError),
+    /// A model file is missing from `manifest.json` or differs from it (corrupted
+    /// or replaced), or the manifest itself is unreadable.
+    #[error("model files: {0}")]
+    Manifest(#[from] ManifestError),
     /// The gate failed to load or to score.
     #[error("gate: {0}")]
     Gate(#[from] GateError),
@@ -257,6 +287,8 @@ pub enum EngineError {
 struct LocalRunner {
     base: Arc<LocalModel>,
     experts_dir: PathBuf,
+    /// Checks each expert's files before it is loaded.
+    manifest: Manifest,
     budget_bytes: u64,
     /// Loaded experts, least recently used first: (id, model, size on disk).
     loaded: Mutex<Vec<(String, Arc<LocalModel>, u64)>>,
@@ -279,7 +311,7 @@ impl LocalRunner {
             loaded.push(entry);
             return Ok(model);
         }
-        let dir = self.experts_dir.join(id);
+        let dir = self.manifest.verify(id)?;
         let size = dir_size(&dir);
         while !loaded.is_empty() && loaded.iter().map(|e| e.2).sum::<u64>() + size > self.budget_bytes {
             let (evicted, _, _) = loaded.remove(0);
@@ -402,9 +434,14 @@ pub struct Engine {
 impl Engine {
     /// Loads the base model, the gate (`models_dir/gate`) and the policy, and
     /// starts connecting to the edge servers (waiting briefly for a first probe
-    /// of each).
+    /// of each). The gate's and the SAC actor's files are checked against
+    /// `models_dir/manifest.json` first.
     pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
-        let gate = Gate::load(&config.models_dir.join("gate"))?;
+        let manifest = Manifest::load(&config.models_dir)?;
+        let gate = Gate::load(&manifest.verify(GATE_ID)?)?;
+        if config.policy == PolicyKind::Sac {
+            manifest.verify(POLICY_ID)?;
+        }
         let policy = load_policy(config.policy, &config.models_dir)?;
         Self::with_routing(config, Some(gate), policy)
     }
@@ -426,6 +463,7 @@ impl Engine {
             .thread_name("moe-edge-net")
             .enable_all()
             .build()?;
+        let manifest = Manifest::load(&config.models_dir)?;
         let base = Arc::new(LocalModel::load(&config.base_model)?);
         let clients = {
             let _guard = runtime.enter();
@@ -459,6 +497,7 @@ impl Engine {
             runner: LocalRunner {
                 base,
                 experts_dir: config.models_dir.join("experts"),
+                manifest,
                 budget_bytes: config.memory_budget_mb as u64 * 1024 * 1024,
                 loaded: Mutex::new(Vec::new()),
                 tokens_per_s: Mutex::new(INITIAL_LOCAL_TOKENS_PER_S),
@@ -623,16 +662,7 @@ impl Engine {
                 let (placement, text) = (&placements[i], &subtasks[i].text);
                 scope.spawn(move || {
                     let client = &self.clients[placement.node - 1];
-                    let request = GenerateRequest {
-                        expert: placement.expert.clone(),
-                        prompt: text.clone(),
-                        sampling: options.sampling.clone(),
-                        max_tokens: options.max_tokens.min(u32::MAX as usize) as u32,
-                        stop: options.stop.clone(),
-                        chat: options.chat,
-                        deadline_ms: 0,
-                    };
-                    let deadline = REMOTE_BASE_DEADLINE + REMOTE_PER_TOKEN * options.max_tokens.min(100_000) as u32;
+                    let (request, deadline) = remote_request(&placement.expert, text, options);
                     let mut received = String::new();
                     let mut first = None;
                     let result = self.runtime.block_on(client.generate(
@@ -727,6 +757,8 @@ impl Engine {
         start: Instant,
     ) -> Result<SubtaskReport, EngineError> {
         let model = self.runner.model(expert)?;
+        // Experts without a chat template (the small domain experts) get the plain prompt.
+        let options = &GenerateOptions { chat: options.chat && model.chat_template().is_some(), ..options.clone() };
         let mut text = String::new();
         let mut first = None;
         let report = model.generate(
@@ -763,5 +795,34 @@ impl Engine {
             bytes_received: 0,
             fallback: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SamplingOptions;
+
+    #[test]
+    fn remote_requests_carry_their_deadline_on_the_wire() {
+        let options = GenerateOptions {
+            sampling: SamplingOptions::greedy(),
+            max_tokens: 40,
+            stop: vec!["\n\n".into()],
+            chat: true,
+        };
+        let (request, deadline) = remote_request("code", "Write a loop.", &options);
+        // 10 s + 40 tokens × 250 ms.
+        assert_eq!(deadline, Duration::from_secs(20));
+        assert_eq!(request.deadline_ms, 20_000);
+        assert_eq!(
+            (request.expert.as_str(), request.prompt.as_str(), request.max_tokens),
+            ("code", "Write a loop.", 40)
+        );
+        assert_eq!((request.stop.clone(), request.chat), (options.stop.clone(), true));
+        // An absurd token budget is capped, never wrapped.
+        let (request, deadline) = remote_request("code", "x", &GenerateOptions { max_tokens: usize::MAX, ..options });
+        assert_eq!(u128::from(request.deadline_ms), deadline.as_millis());
+        assert_eq!(request.max_tokens, u32::MAX);
     }
 }

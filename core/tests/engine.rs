@@ -117,7 +117,8 @@ fn multi_part_prompt_runs_on_phone_and_edge_in_order() {
     let recorder = Recorder::default();
     let report = engine.generate(PROMPT, &options(10), &recorder, &CancelToken::new()).unwrap();
     assert_eq!(report.subtasks.len(), 3);
-    assert_eq!(report.subtasks.iter().map(|s| s.node).collect::<Vec<_>>(), vec![0, 1, 0]);
+    let fallbacks: Vec<_> = report.subtasks.iter().map(|s| s.fallback.clone()).collect();
+    assert_eq!(report.subtasks.iter().map(|s| s.node).collect::<Vec<_>>(), vec![0, 1, 0], "fallbacks: {fallbacks:?}");
     let streamed = recorder.streamed(3);
     for s in &report.subtasks {
         assert!(s.fallback.is_none(), "{s:?}");

@@ -87,7 +87,7 @@ pub struct GenerateRequest {
     pub max_tokens: u32,
     /// Stop strings.
     pub stop: Vec<String>,
-    /// Wrap the prompt in the expert's chat template.
+    /// Wrap the prompt in the expert's chat template (experts without one get the plain prompt).
     pub chat: bool,
     /// Time budget in milliseconds from the moment the server receives the request
     /// (relative, so clocks need not agree); 0 = none.

@@ -105,9 +105,11 @@ pub fn run(args: DemoArgs, threads: Option<usize>) -> Result<()> {
     } else {
         args.edge_experts.clone()
     };
+    // The embedded server's experts come from models/ too: checked against its manifest.
+    let manifest = moe_edge::manifest::Manifest::load(&args.models_dir)?;
     let mut experts = Vec::new();
     for id in &edge_ids {
-        let path = if id == "base" { args.model.clone() } else { args.models_dir.join("experts").join(id) };
+        let path = if id == "base" { args.model.clone() } else { manifest.verify(id)? };
         experts.push((id.clone(), Arc::new(load_model(&path, false)?)));
     }
     let token = format!("demo-{:016x}", rand::random::<u64>());

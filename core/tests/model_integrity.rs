@@ -1,0 +1,111 @@
+//! The engine refuses model files that differ from `models/manifest.json`: a
+//! copy of the models directory with one corrupted file at a time (an on-device
+//! expert, the gate, the SAC actor) gives `EngineError::Manifest`. Its own test
+//! binary (own process), so it does not compete with the engine tests' edge
+//! server for the compute pool.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use moe_edge::engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineListener};
+use moe_edge::manifest::ManifestError;
+use moe_edge::model::{CancelToken, GenerateOptions, SamplingOptions};
+use moe_edge::policy::{Observation, Placement, Policy, PolicyError, PolicyKind};
+
+struct Silent;
+
+impl EngineListener for Silent {
+    fn on_text(&self, _subtask: usize, _text: &str) {}
+
+    fn on_event(&self, _event: &EngineEvent) {}
+}
+
+fn options(max_tokens: usize) -> GenerateOptions {
+    GenerateOptions { sampling: SamplingOptions::greedy(), max_tokens, stop: Vec::new(), chat: true }
+}
+
+/// Every subtask on the phone, with one expert.
+struct OnPhone(&'static str);
+
+impl Policy for OnPhone {
+    fn name(&self) -> &str {
+        "on the phone (test fixture)"
+    }
+
+    fn decide(&self, obs: &Observation) -> Result<Vec<Placement>, PolicyError> {
+        Ok(obs.subtasks.iter().map(|_| Placement { expert: self.0.into(), node: 0 }).collect())
+    }
+}
+
+/// Copies what the engine reads from `models/` (manifest, quality table, policy
+/// actor, gate, the prose expert) into `to`.
+fn copy_models(to: &Path) {
+    let from = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models");
+    for dir in ["gate", "experts/prose"] {
+        std::fs::create_dir_all(to.join(dir)).unwrap();
+        for entry in std::fs::read_dir(from.join(dir)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(dir).join(entry.file_name())).unwrap();
+        }
+    }
+    for file in ["manifest.json", "quality.json", "policy.safetensors"] {
+        std::fs::copy(from.join(file), to.join(file)).unwrap();
+    }
+}
+
+/// Flips one bit in the middle of `path` (same size, different content).
+fn corrupt(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn hash_mismatch_at(result: Result<impl std::fmt::Debug, EngineError>, file: &str) {
+    match result {
+        Err(EngineError::Manifest(ManifestError::HashMismatch { path, .. })) => {
+            assert!(path.ends_with(file), "{} is not {file}", path.display())
+        }
+        other => panic!("expected a hash mismatch of {file}, got {other:?}"),
+    }
+}
+
+#[test]
+fn corrupted_model_files_are_refused_with_a_typed_error() {
+    let Some(path) = common::base_model() else { return };
+    let dir = std::env::temp_dir().join(format!("moe-edge-corrupt-models-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_models(&dir);
+    let config = EngineConfig {
+        base_model: path,
+        models_dir: dir.clone(),
+        threads: None,
+        memory_budget_mb: 256,
+        edge_servers: Vec::new(),
+        policy: PolicyKind::Sac,
+    };
+    let prompt = "Tell me about the sea.";
+    // The intact copy: the engine starts and runs the prose expert on the phone.
+    Engine::new(config.clone()).unwrap();
+    let engine = Engine::with_routing(config.clone(), None, Box::new(OnPhone("prose"))).unwrap();
+    let report = engine.generate(prompt, &options(2), &Silent, &CancelToken::new()).unwrap();
+    assert_eq!(report.subtasks[0].expert, "prose");
+
+    // A corrupted expert is refused when it is about to be loaded.
+    corrupt(&dir.join("experts/prose/model.safetensors"));
+    let engine = Engine::with_routing(config.clone(), None, Box::new(OnPhone("prose"))).unwrap();
+    hash_mismatch_at(
+        engine.generate(prompt, &options(2), &Silent, &CancelToken::new()),
+        "experts/prose/model.safetensors",
+    );
+    // A corrupted gate or policy actor stops the engine from starting.
+    corrupt(&dir.join("gate/gate.safetensors"));
+    hash_mismatch_at(Engine::new(config.clone()).map(|_| ()), "gate/gate.safetensors");
+    corrupt(&dir.join("gate/gate.safetensors")); // the same bit again: intact
+    corrupt(&dir.join("policy.safetensors"));
+    hash_mismatch_at(Engine::new(config.clone()).map(|_| ()), "policy.safetensors");
+    // The local-only policy loads no actor file, so it still starts.
+    Engine::new(EngineConfig { policy: PolicyKind::LocalOnly, ..config }).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
