@@ -73,6 +73,7 @@ impl MoeError {
             EngineError::Model(e) => Self::from_generate(e),
             EngineError::Cancelled => Self::Cancelled,
             EngineError::Offload(_) => Self::Network(error.to_string()),
+            EngineError::Manifest(_) => Self::ModelLoad(error.to_string()),
             EngineError::Gate(_) | EngineError::Policy(_) | EngineError::Placement { .. } | EngineError::Runtime(_) => {
                 Self::Other(error.to_string())
             }

@@ -757,8 +757,6 @@ impl Engine {
         start: Instant,
     ) -> Result<SubtaskReport, EngineError> {
         let model = self.runner.model(expert)?;
-        // Experts without a chat template (the small domain experts) get the plain prompt.
-        let options = &GenerateOptions { chat: options.chat && model.chat_template().is_some(), ..options.clone() };
         let mut text = String::new();
         let mut first = None;
         let report = model.generate(

@@ -391,8 +391,7 @@ async fn generate(
         sampling: request.sampling.clone(),
         max_tokens: request.max_tokens.min(shared.settings.max_tokens) as usize,
         stop: request.stop.clone(),
-        // Experts without a chat template (the small domain experts) get the plain prompt.
-        chat: request.chat && model.chat_template().is_some(),
+        chat: request.chat,
     };
     let worker_cancel = cancel.clone();
     let prompt = request.prompt.clone();
