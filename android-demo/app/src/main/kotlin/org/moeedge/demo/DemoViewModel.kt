@@ -43,6 +43,9 @@ class DemoViewModel(app: Application) : AndroidViewModel(app) {
     val modelPath: String =
         File(app.getExternalFilesDir(null), "SmolLM2-135M-Instruct.Q4_1.gguf").path
 
+    /** Where the app expects the small models: the repository's `models/` (push it with adb). */
+    val modelsDir: String = File(app.getExternalFilesDir(null), "models").path
+
     init {
         reload()
     }
@@ -53,7 +56,7 @@ class DemoViewModel(app: Application) : AndroidViewModel(app) {
             mutableError.value = null
             val config = EngineConfig(
                 baseModel = modelPath,
-                modelsDir = getApplication<Application>().filesDir.path,
+                modelsDir = modelsDir,
                 threads = null,
                 memoryBudgetMb = 512u,
                 edgeServers = mutableServers.value.map { EdgeServerConfig(it.address, it.certSha256, it.token) },
