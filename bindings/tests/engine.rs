@@ -1,6 +1,10 @@
 //! The FFI surface called from Rust: configuration checks, error kinds, streaming,
 //! cancellation and the memory budget, on the real base model where one is needed.
 
+// The base-model locator shared with the core's tests.
+#[path = "../../core/tests/common/mod.rs"]
+mod common;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -8,24 +12,6 @@ use moe_edge_ffi::{
     CancelHandle, EdgeServerConfig, EngineConfig, GenerateOptions, GenerationEvent, GenerationListener, MoeEngine,
     MoeError, PolicyChoice, StopReason,
 };
-
-/// The fetched base model, or `None` (with a message) when it is absent; with
-/// `MOE_EDGE_REQUIRE_MODEL=1` (set by CI) a missing model fails the test.
-fn base_model() -> Option<PathBuf> {
-    let path = std::env::var_os("MOE_EDGE_BASE_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("MOE_EDGE_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/moe-edge"));
-        cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    if path.is_file() {
-        return Some(path);
-    }
-    let required = std::env::var("MOE_EDGE_REQUIRE_MODEL").is_ok_and(|v| v == "1");
-    assert!(!required, "base model missing at {}", path.display());
-    eprintln!("SKIPPED: base model not fetched at {} (run models/fetch-base-model.sh)", path.display());
-    None
-}
 
 /// The repository's small models: gate, quality table, policy, experts.
 const MODELS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models");
@@ -127,7 +113,7 @@ fn bad_configs_are_typed_errors() {
 
 #[test]
 fn generates_cancels_and_budgets_on_the_base_model() {
-    let Some(path) = base_model() else { return };
+    let Some(path) = common::base_model() else { return };
     let path = path.to_str().unwrap();
     let engine = MoeEngine::new(config(path)).unwrap();
     let prompt = "What is the capital of France? Answer in one sentence.";
@@ -175,7 +161,7 @@ fn multi_part_prompt_runs_on_the_phone_and_an_edge_server() {
     use moe_edge::model::LocalModel;
     use moe_edge::server::{EdgeServer, Identity, ServerSettings};
 
-    let Some(path) = base_model() else { return };
+    let Some(path) = common::base_model() else { return };
     let token = "ffi-test-token";
     let hosted = [("base", path.clone()), ("arithmetic", PathBuf::from(MODELS_DIR).join("experts/arithmetic"))];
     let models = hosted.iter().map(|(id, p)| ((*id).to_owned(), Arc::new(LocalModel::load(p).unwrap()))).collect();
