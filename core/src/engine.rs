@@ -317,7 +317,7 @@ impl LocalRunner {
             let (evicted, _, _) = loaded.remove(0);
             tracing::debug!(evicted, "expert evicted (memory budget)");
         }
-        let model = Arc::new(LocalModel::load(&dir)?);
+        let model = Arc::new(LocalModel::load_expert(&dir, &self.base)?);
         loaded.push((id.to_owned(), model.clone(), size));
         Ok(model)
     }

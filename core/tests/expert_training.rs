@@ -64,7 +64,7 @@ fn smoke_training_lowers_the_loss_and_the_runtime_agrees() {
     let tok = tokenizer();
     let text = |split| split_problems(split).iter().take(400).map(|p| p.document()).collect::<String>();
     let (train_ids, valid_ids) =
-        (encode_text(&tok, &text(Split::Train)).unwrap(), encode_text(&tok, &text(Split::Valid)).unwrap());
+        (encode_text(&tok, &text(Split::Train), true).unwrap(), encode_text(&tok, &text(Split::Valid), true).unwrap());
     let model = TrainModel::new(ExpertConfig::tiny(tok.get_vocab_size(true)), 3).unwrap();
     let dir = temp_dir("smoke-expert");
     let opts = TrainOptions {
@@ -79,7 +79,7 @@ fn smoke_training_lowers_the_loss_and_the_runtime_agrees() {
     let paths = TrainPaths {
         out: dir.join("final"),
         checkpoints: dir.join("checkpoint"),
-        tokenizer: repo("models/tokenizer.json"),
+        tokenizer: Some(repo("models/tokenizer.json")),
         loss_png: Some(dir.join("loss.png")),
     };
     let report = train(&model, &train_ids, &valid_ids, &opts, &paths, &mut |_| {}).unwrap();

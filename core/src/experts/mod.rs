@@ -3,6 +3,8 @@
 //! - [`corpus`]: the domain corpora and their deterministic splits;
 //! - [`arithmetic`]: the generated arithmetic domain and its answer format;
 //! - [`bpe`]: the experts' byte-level BPE tokenizer;
+//! - [`lora`]: the training forward of a LoRA adapter over the frozen base model
+//!   and its export in the PEFT layout that `LocalModel::with_adapter` reads;
 //! - [`model`]: the training forward of a small Llama (candle autograd) and its
 //!   export as an HF-Llama directory that `LocalModel::load` reads;
 //! - [`train`]: the training loop (AdamW, warm-up + cosine, clipping, checkpoints);
@@ -14,6 +16,7 @@ pub mod bpe;
 pub mod corpus;
 pub mod eval;
 pub mod gate_train;
+pub mod lora;
 pub mod model;
 pub mod train;
 

@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::ExpertError;
+use super::train::Trainable;
 
 /// Shape of an expert.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -255,8 +256,23 @@ impl TrainModel {
         Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
     }
 
-    /// Writes `config.json`, `model.safetensors` (f16) and a copy of `tokenizer` into `dir`.
-    pub fn save(&self, dir: &Path, tokenizer: &Path) -> Result<(), ExpertError> {
+}
+
+impl Trainable for TrainModel {
+    fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    fn context_length(&self) -> usize {
+        self.cfg.context_length
+    }
+
+    fn loss(&self, ids: &Tensor) -> Result<Tensor, ExpertError> {
+        TrainModel::loss(self, ids)
+    }
+
+    /// Writes `config.json` and `model.safetensors` (f16).
+    fn save(&self, dir: &Path) -> Result<(), ExpertError> {
         std::fs::create_dir_all(dir).map_err(|e| ExpertError::io(dir, e))?;
         let config = dir.join("config.json");
         let json = serde_json::to_string_pretty(&self.cfg.hf_config()).expect("json value serializes");
@@ -267,10 +283,6 @@ impl TrainModel {
             .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_dtype(DType::F16)?)))
             .collect::<Result<HashMap<_, _>, candle_core::Error>>()?;
         candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
-        let target = dir.join("tokenizer.json");
-        if tokenizer != target {
-            std::fs::copy(tokenizer, &target).map_err(|e| ExpertError::io(&target, e))?;
-        }
         Ok(())
     }
 }

@@ -10,7 +10,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::ExpertError;
-use super::model::TrainModel;
 
 /// Hyper-parameters of one training run.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,22 +100,36 @@ pub struct TrainPaths {
     pub out: PathBuf,
     /// Checkpoint directory.
     pub checkpoints: PathBuf,
-    /// The tokenizer to ship with the expert.
-    pub tokenizer: PathBuf,
+    /// A `tokenizer.json` copied next to the final weights (standalone models;
+    /// an adapter uses its base model's).
+    pub tokenizer: Option<PathBuf>,
     /// Loss curve PNG, if wanted.
     pub loss_png: Option<PathBuf>,
 }
 
+/// A model the training loop optimizes: a small Llama from scratch, or a LoRA
+/// adapter over the base model.
+pub trait Trainable {
+    /// Named variables; names ending in `norm.weight` get no weight decay.
+    fn vars(&self) -> &[(String, Var)];
+    /// Training window in tokens.
+    fn context_length(&self) -> usize;
+    /// Mean next-token cross-entropy (nats) of token windows `(batch, seq + 1)`.
+    fn loss(&self, ids: &Tensor) -> Result<Tensor, ExpertError>;
+    /// Writes the trained weights (and their configuration) into `dir`.
+    fn save(&self, dir: &Path) -> Result<(), ExpertError>;
+}
+
 /// Trains `model` on `train_ids`, validating on `valid_ids`.
 pub fn train(
-    model: &TrainModel,
+    model: &dyn Trainable,
     train_ids: &[u32],
     valid_ids: &[u32],
     opts: &TrainOptions,
     paths: &TrainPaths,
     on_step: &mut dyn FnMut(StepInfo),
 ) -> Result<TrainReport, ExpertError> {
-    let seq = model.config().context_length + 1;
+    let seq = model.context_length() + 1;
     if train_ids.len() <= seq || valid_ids.len() <= seq {
         return Err(ExpertError::Invalid(format!("need more than {seq} training and validation tokens")));
     }
@@ -157,11 +170,17 @@ pub fn train(
             valid_loss = Some(v);
         }
         if (opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0) || done == opts.steps {
-            model.save(&paths.checkpoints, &paths.tokenizer)?;
+            model.save(&paths.checkpoints)?;
         }
         on_step(StepInfo { step: done, loss, valid_loss, lr });
     }
-    model.save(&paths.out, &paths.tokenizer)?;
+    model.save(&paths.out)?;
+    if let Some(tokenizer) = &paths.tokenizer {
+        let target = paths.out.join("tokenizer.json");
+        if *tokenizer != target {
+            std::fs::copy(tokenizer, &target).map_err(|e| ExpertError::io(&target, e))?;
+        }
+    }
     if let Some(png) = &paths.loss_png {
         plot_losses(png, &report)?;
     }
@@ -169,7 +188,7 @@ pub fn train(
 }
 
 /// Mean validation loss over `batch`, in chunks of 8 sequences.
-pub fn evaluate(model: &TrainModel, batch: &Tensor) -> Result<f32, ExpertError> {
+pub fn evaluate(model: &dyn Trainable, batch: &Tensor) -> Result<f32, ExpertError> {
     let n = batch.dim(0)?;
     let mut total = 0.0;
     let mut start = 0;
@@ -183,7 +202,7 @@ pub fn evaluate(model: &TrainModel, batch: &Tensor) -> Result<f32, ExpertError> 
 
 /// Scales the gradients so that their global L2 norm is at most `max_norm`.
 fn clip_global_norm(
-    model: &TrainModel,
+    model: &dyn Trainable,
     grads: &mut candle_core::backprop::GradStore,
     max_norm: f64,
 ) -> Result<f64, ExpertError> {
@@ -251,15 +270,37 @@ pub fn plot_losses(path: &Path, report: &TrainReport) -> Result<(), ExpertError>
 }
 
 /// Token ids of `text`, encoded in parallel chunks cut at line ends.
-pub fn encode_text(tokenizer: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>, ExpertError> {
+///
+/// Every document starts with the end-of-text token, as every prompt does at
+/// inference (the tokenizer adds it as BOS): the whole text is one document,
+/// or each line is one when `line_documents` is set (the arithmetic problems).
+pub fn encode_text(
+    tokenizer: &tokenizers::Tokenizer,
+    text: &str,
+    line_documents: bool,
+) -> Result<Vec<u32>, ExpertError> {
+    let bos = tokenizer
+        .token_to_id(super::bpe::END_OF_TEXT)
+        .ok_or_else(|| ExpertError::Tokenizer(format!("the tokenizer has no {}", super::bpe::END_OF_TEXT)))?;
     let mut chunks = Vec::new();
-    let mut rest = text;
-    while !rest.is_empty() {
-        let piece = super::corpus::prefix_lines(rest, 1 << 16);
-        let piece = if piece.is_empty() { rest } else { piece };
-        chunks.push(piece);
-        rest = &rest[piece.len()..];
+    if line_documents {
+        chunks.extend(text.split_inclusive('\n'));
+    } else {
+        let mut rest = text;
+        while !rest.is_empty() {
+            let piece = super::corpus::prefix_lines(rest, 1 << 16);
+            let piece = if piece.is_empty() { rest } else { piece };
+            chunks.push(piece);
+            rest = &rest[piece.len()..];
+        }
     }
     let encodings = tokenizer.encode_batch_fast(chunks, false).map_err(|e| ExpertError::Tokenizer(e.to_string()))?;
-    Ok(encodings.iter().flat_map(|e| e.get_ids().iter().copied()).collect())
+    let mut ids = Vec::with_capacity(text.len() / 2);
+    for (i, e) in encodings.iter().enumerate() {
+        if i == 0 || line_documents {
+            ids.push(bos);
+        }
+        ids.extend_from_slice(e.get_ids());
+    }
+    Ok(ids)
 }

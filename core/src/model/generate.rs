@@ -12,6 +12,7 @@ use super::ModelError;
 use super::chat::{ChatMessage, ChatTemplate};
 use super::llama::Llama;
 use super::load::{LoadedModel, load};
+use super::lora::{Adapter, is_adapter_dir};
 use super::sampling::{Sampler, SamplingOptions};
 use super::stream::{StopMatcher, Utf8Decoder};
 use super::tokenizer::Tokenizer;
@@ -112,6 +113,19 @@ impl LocalModel {
     pub fn load_with_progress(path: &Path, progress: &mut dyn FnMut(f32)) -> Result<Self, ModelError> {
         let LoadedModel { llama, tokenizer, chat_template } = load(path, progress)?;
         Ok(Self { llama, tokenizer, chat_template })
+    }
+
+    /// This model with the LoRA adapter in `dir` applied, sharing the base weights.
+    /// The adapted model gets prompts as plain text (no chat template), as its
+    /// adapter was trained on plain domain text.
+    pub fn with_adapter(&self, dir: &Path) -> Result<Self, ModelError> {
+        let adapter = Adapter::load(dir, self.llama.config())?;
+        Ok(Self { llama: self.llama.with_adapter(adapter), tokenizer: self.tokenizer.clone(), chat_template: None })
+    }
+
+    /// Loads an expert directory: a LoRA adapter over `base`, or a standalone model.
+    pub fn load_expert(dir: &Path, base: &LocalModel) -> Result<Self, ModelError> {
+        if is_adapter_dir(dir) { base.with_adapter(dir) } else { Self::load(dir) }
     }
 
     /// The decoder.

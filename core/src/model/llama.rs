@@ -4,10 +4,13 @@
 //! owns a [`KvCache`].
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use std::sync::Arc;
+
 use candle_core::{D, DType, Device, Module, Tensor};
 
 use super::ModelError;
 use super::config::LlamaConfig;
+use super::lora::{Adapter, LayerAdapter, LowRank};
 use super::ops;
 use super::q4_1::Q4_1Matrix;
 
@@ -77,15 +80,17 @@ pub(crate) struct Layer {
     pub(crate) down: Linear,
 }
 
-/// A loaded Llama-family decoder.
+/// A loaded Llama-family decoder, optionally with a LoRA adapter. The weights
+/// are shared: [`Llama::with_adapter`] copies no base weight.
 pub struct Llama {
     cfg: LlamaConfig,
-    embedding: Embedding,
-    layers: Vec<Layer>,
+    embedding: Arc<Embedding>,
+    layers: Arc<[Layer]>,
     norm: Tensor,
-    lm_head: Linear,
+    lm_head: Arc<Linear>,
     cos: Tensor,
     sin: Tensor,
+    adapter: Option<Arc<Adapter>>,
 }
 
 /// Per-layer key/value cache of one generation.
@@ -116,7 +121,30 @@ impl Llama {
         lm_head: Linear,
     ) -> Result<Self, ModelError> {
         let (cos, sin) = rope_tables(&cfg)?;
-        Ok(Self { cfg, embedding, layers, norm, lm_head, cos, sin })
+        Ok(Self {
+            cfg,
+            embedding: Arc::new(embedding),
+            layers: layers.into(),
+            norm,
+            lm_head: Arc::new(lm_head),
+            cos,
+            sin,
+            adapter: None,
+        })
+    }
+
+    /// This decoder's weights with `adapter` applied (replacing any adapter it has).
+    pub fn with_adapter(&self, adapter: Adapter) -> Llama {
+        Llama {
+            cfg: self.cfg.clone(),
+            embedding: self.embedding.clone(),
+            layers: self.layers.clone(),
+            norm: self.norm.clone(),
+            lm_head: self.lm_head.clone(),
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            adapter: Some(Arc::new(adapter)),
+        }
     }
 
     /// The model's hyper-parameters.
@@ -157,8 +185,10 @@ impl Llama {
         let mask = causal_mask(seq, cache.len)?;
         let cos = self.cos.narrow(0, cache.len, seq)?;
         let sin = self.sin.narrow(0, cache.len, seq)?;
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            xs = self.layer_forward(layer, &xs, kv, mask.as_ref(), &cos, &sin)?;
+        let no_adapter = LayerAdapter::default();
+        for (i, (layer, kv)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+            let adapter = self.adapter.as_ref().map_or(&no_adapter, |a| &a.layers[i]);
+            xs = self.layer_forward(layer, adapter, &xs, kv, mask.as_ref(), &cos, &sin)?;
         }
         cache.len += seq;
         let xs = if all_positions { xs } else { xs.narrow(1, seq - 1, 1)? };
@@ -167,9 +197,11 @@ impl Llama {
         Ok(if all_positions { logits } else { logits.squeeze(0)? })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn layer_forward(
         &self,
         layer: &Layer,
+        adapter: &LayerAdapter,
         xs: &Tensor,
         kv: &mut candle_nn::kv_cache::KvCache,
         mask: Option<&Tensor>,
@@ -182,7 +214,7 @@ impl Llama {
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
 
         let h = ops::rms_norm(xs, &layer.attn_norm, eps)?;
-        let qkv = layer.qkv.forward(&h)?;
+        let qkv = adapted(layer.qkv.forward(&h)?, adapter.qkv.as_ref(), &h)?;
         let heads = |start: usize, n: usize| -> candle_core::Result<Tensor> {
             qkv.narrow(D::Minus1, start * hd, n * hd)?.reshape((b, seq, n, hd))?.transpose(1, 2)?.contiguous()
         };
@@ -212,14 +244,14 @@ impl Llama {
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let attn =
             round_f16(&probs)?.matmul(&v)?.reshape((b, nh, seq, hd))?.transpose(1, 2)?.reshape((b, seq, nh * hd))?;
-        let xs = (xs + layer.attn_out.forward(&attn)?)?;
+        let xs = (xs + adapted(layer.attn_out.forward(&attn)?, adapter.attn_out.as_ref(), &attn)?)?;
 
         let h = ops::rms_norm(&xs, &layer.ffn_norm, eps)?;
-        let gate_up = layer.gate_up.forward(&h)?;
+        let gate_up = adapted(layer.gate_up.forward(&h)?, adapter.gate_up.as_ref(), &h)?;
         let inter = cfg.intermediate_size;
         let act = (candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, inter)?)?
             * gate_up.narrow(D::Minus1, inter, inter)?)?;
-        xs + layer.down.forward(&act)?
+        xs + adapted(layer.down.forward(&act)?, adapter.down.as_ref(), &act)?
     }
 
     fn rope(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
@@ -256,6 +288,14 @@ pub(crate) fn concat_rows(parts: &[QTensor]) -> Result<QTensor, ModelError> {
     }
     let storage = candle_core::quantized::QStorage::from_data(std::borrow::Cow::Owned(bytes), &Device::Cpu, dtype)?;
     Ok(QTensor::new(storage, (rows, cols))?)
+}
+
+/// `base_out` plus the adapter's update of `xs`, if the projection is adapted.
+fn adapted(base_out: Tensor, update: Option<&LowRank>, xs: &Tensor) -> candle_core::Result<Tensor> {
+    match update {
+        Some(update) => update.add_to(base_out, xs),
+        None => Ok(base_out),
+    }
 }
 
 /// Rounds through f16 (llama.cpp's K/V cache precision).

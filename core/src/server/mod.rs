@@ -24,6 +24,8 @@ use tokio::sync::Semaphore;
 
 pub use config::{EdgeConfig, ExpertEntry, Identity, ServerSettings};
 
+use crate::engine::BASE_EXPERT;
+use crate::model::lora::is_adapter_dir;
 use crate::model::{CancelToken, GenerateOptions, LocalModel, ModelError, StopReason};
 use crate::offload::protocol::{Counters, DoneStats, ErrorCode, GenerateRequest, Message, ProbeReply};
 use crate::offload::{CODE_SHUTDOWN, CODE_UNAUTHORIZED, FrameDecoder, OffloadError, ProtocolError};
@@ -480,19 +482,32 @@ async fn generate(
 }
 
 /// Loads every expert of `config`, reporting `(index, id)` before each load.
+/// A LoRA adapter directory is applied over the expert hosted as `base`, which
+/// then must be a standalone model.
 pub fn load_experts(
     config: &EdgeConfig,
     on_load: &mut dyn FnMut(usize, &str),
 ) -> Result<Vec<(String, Arc<LocalModel>)>, ServerError> {
-    config
-        .experts
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            on_load(i, &e.id);
-            LocalModel::load(&e.path)
-                .map(|m| (e.id.clone(), Arc::new(m)))
-                .map_err(|source| ServerError::Model { id: e.id.clone(), source })
-        })
-        .collect()
+    let model_error = |id: &str| {
+        let id = id.to_owned();
+        move |source| ServerError::Model { id, source }
+    };
+    let mut loaded: Vec<Option<Arc<LocalModel>>> = vec![None; config.experts.len()];
+    // Standalone models first, so that adapters find the base whatever the order.
+    let adapter_last = |adapter: bool| config.experts.iter().enumerate().filter(move |(_, e)| is_adapter_dir(&e.path) == adapter);
+    for (i, e) in adapter_last(false) {
+        on_load(i, &e.id);
+        loaded[i] = Some(Arc::new(LocalModel::load(&e.path).map_err(model_error(&e.id))?));
+    }
+    for (i, e) in adapter_last(true) {
+        on_load(i, &e.id);
+        let base = config.experts.iter().position(|b| b.id == BASE_EXPERT).and_then(|b| loaded[b].clone()).ok_or_else(|| {
+            ServerError::Config(format!(
+                "expert {:?} is a LoRA adapter: host the base model as expert {BASE_EXPERT:?} too",
+                e.id
+            ))
+        })?;
+        loaded[i] = Some(Arc::new(base.with_adapter(&e.path).map_err(model_error(&e.id))?));
+    }
+    Ok(config.experts.iter().zip(loaded).map(|(e, m)| (e.id.clone(), m.expect("every expert loaded"))).collect())
 }

@@ -14,6 +14,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use moe_edge::experts::arithmetic::{TEST_PROBLEMS, split_problems};
 use moe_edge::experts::corpus::{self, Split};
+use moe_edge::model::lora::is_adapter_dir;
 use moe_edge::experts::eval::{QUALITY_MAPPING, arithmetic_exact_match, bits_per_byte, quality};
 use moe_edge::experts::{DOMAINS, ExpertError};
 use moe_edge::model::LocalModel;
@@ -124,19 +125,23 @@ fn measure(
     texts: &[String],
     problems: &[moe_edge::experts::arithmetic::Problem],
 ) -> Result<Row> {
-    let (path, max_tokens) = if id == "base" {
-        let path = args
-            .base
+    let base_path = || {
+        args.base
             .clone()
             .or_else(|| std::env::var_os("MOE_EDGE_BASE_MODEL").map(PathBuf::from))
-            .context("set MOE_EDGE_BASE_MODEL or --base (models/fetch-base-model.sh fetches it)")?;
+            .context("set MOE_EDGE_BASE_MODEL or --base (models/fetch-base-model.sh fetches it)")
+    };
+    let dir = args.models_dir.join("experts").join(id);
+    let (model, max_tokens) = if id == "base" {
         // A direct answer of up to 4 digits needs a handful of tokens; 32 leaves room to restate the problem.
-        (path, 32)
+        (LocalModel::load(&base_path()?)?, 32)
+    } else if is_adapter_dir(&dir) {
+        let base = LocalModel::load(&base_path()?)?;
+        (base.with_adapter(&dir).with_context(|| format!("loading {}", dir.display()))?, 32)
     } else {
         // The worked answer of a 3-digit problem is about 100 tokens.
-        (args.models_dir.join("experts").join(id), 192)
+        (LocalModel::load(&dir).with_context(|| format!("loading {}", dir.display()))?, 192)
     };
-    let model = LocalModel::load(&path).with_context(|| format!("loading {}", path.display()))?;
     let mut bits = Vec::new();
     for (domain, text) in DOMAINS.iter().zip(texts) {
         let bar = bar(1000, format!("{id} on {domain}"))?;

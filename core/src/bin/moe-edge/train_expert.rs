@@ -1,13 +1,16 @@
-//! `moe-edge train-expert --domain D`: trains one small Llama expert from
-//! scratch on a domain's training split and writes it as an HF-Llama directory.
+//! `moe-edge train-expert --domain D`: trains one expert on a domain's training
+//! split: a small Llama from scratch (an HF-Llama directory), or with `--base`
+//! a LoRA adapter over the base model (a PEFT adapter directory).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use moe_edge::experts::lora::{LoraShape, LoraTrainModel};
 use moe_edge::experts::model::{ExpertConfig, TrainModel};
-use moe_edge::experts::train::{TrainOptions, TrainPaths, encode_text, train};
+use moe_edge::experts::train::{TrainOptions, TrainPaths, Trainable, encode_text, train};
+use moe_edge::model::LocalModel;
 use moe_edge::experts::{DOMAINS, corpus};
 
 /// Arguments of `moe-edge train-expert`.
@@ -34,6 +37,12 @@ pub struct TrainExpertArgs {
     /// Seed of initialisation and batches.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Train a LoRA adapter over this base GGUF instead of a model from scratch.
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// Rank of the LoRA adapter (with `--base`).
+    #[arg(long, default_value_t = LoraShape::default().rank)]
+    rank: usize,
     /// Use the tiny smoke-test shape instead of the shipped one.
     #[arg(long)]
     tiny: bool,
@@ -49,33 +58,45 @@ pub struct TrainExpertArgs {
 pub fn run(args: TrainExpertArgs) -> Result<()> {
     anyhow::ensure!(DOMAINS.contains(&args.domain.as_str()), "unknown domain {:?}", args.domain);
     let cache = args.cache.unwrap_or_else(corpus::cache_dir);
-    let tokenizer = tokenizers::Tokenizer::from_file(&args.tokenizer)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("loading {}", args.tokenizer.display()))?;
+    let line_documents = args.domain == "arithmetic";
     let train_text = corpus::read_split(&cache, &args.domain, corpus::Split::Train)?;
+    let train_text = corpus::prefix_lines(&train_text, args.max_train_bytes);
     let valid_text = corpus::read_split(&cache, &args.domain, corpus::Split::Valid)?;
-    let train_ids = encode_text(&tokenizer, corpus::prefix_lines(&train_text, args.max_train_bytes))?;
-    let valid_ids = encode_text(&tokenizer, &valid_text)?;
-    let vocab = tokenizer.get_vocab_size(true);
-    let cfg = if args.tiny { ExpertConfig::tiny(vocab) } else { ExpertConfig::expert(vocab) };
-    let model = TrainModel::new(cfg, args.seed)?;
     let out = args.out.unwrap_or_else(|| PathBuf::from("models/experts").join(&args.domain));
+    let (model, tokenizer, tokenizer_file): (Box<dyn Trainable>, _, _) = match &args.base {
+        Some(base) => {
+            let shape = LoraShape { rank: args.rank, ..LoraShape::default() };
+            let model = LoraTrainModel::new(base, shape, args.seed)?;
+            let tokenizer = LocalModel::load(base)?.tokenizer().inner().clone();
+            (Box::new(model), tokenizer, None)
+        }
+        None => {
+            let tokenizer = tokenizers::Tokenizer::from_file(&args.tokenizer)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("loading {}", args.tokenizer.display()))?;
+            let vocab = tokenizer.get_vocab_size(true);
+            let cfg = if args.tiny { ExpertConfig::tiny(vocab) } else { ExpertConfig::expert(vocab) };
+            (Box::new(TrainModel::new(cfg, args.seed)?), tokenizer, Some(args.tokenizer.clone()))
+        }
+    };
+    let train_ids = encode_text(&tokenizer, train_text, line_documents)?;
+    let valid_ids = encode_text(&tokenizer, &valid_text, line_documents)?;
     let opts =
         TrainOptions { steps: args.steps, batch: args.batch, lr: args.lr, seed: args.seed, ..Default::default() };
     let opts =
-        TrainOptions { warmup: opts.warmup.min(opts.steps), eval_every: opts.eval_every.min(opts.steps), ..opts };
+        TrainOptions { warmup: (opts.steps / 10).clamp(1, opts.warmup), eval_every: opts.eval_every.min(opts.steps), ..opts };
     let paths = TrainPaths {
         checkpoints: cache.join("checkpoints").join(&args.domain),
         loss_png: Some(out.join("loss.png")),
         out: out.clone(),
-        tokenizer: args.tokenizer.clone(),
+        tokenizer: tokenizer_file,
     };
+    let trained = model.vars().iter().map(|(_, v)| v.elem_count()).sum::<usize>();
     eprintln!(
-        "{}: {} parameters, {} training tokens ({} bytes), {} validation tokens",
+        "{}: {trained} trained parameters, {} training tokens ({} bytes), {} validation tokens",
         args.domain,
-        model.parameter_count(),
         train_ids.len(),
-        train_text.len().min(args.max_train_bytes),
+        train_text.len(),
         valid_ids.len()
     );
     let bar = ProgressBar::new(opts.steps as u64);
@@ -83,7 +104,7 @@ pub fn run(args: TrainExpertArgs) -> Result<()> {
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} {elapsed}<{eta}")?.progress_chars("=> "),
     );
     bar.set_prefix(args.domain.clone());
-    let report = train(&model, &train_ids, &valid_ids, &opts, &paths, &mut |s| {
+    let report = train(model.as_ref(), &train_ids, &valid_ids, &opts, &paths, &mut |s| {
         let valid = s.valid_loss.map_or(String::new(), |v| format!(" valid {v:.3}"));
         bar.set_message(format!("loss {:.3}{valid} lr {:.1e}", s.loss, s.lr));
         bar.set_position(s.step as u64);
