@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gate::{Gate, GateError, decompose};
 use crate::manifest::{Manifest, ManifestError};
+use crate::model::lora::is_adapter_dir;
 use crate::model::{CancelToken, GenerateOptions, LocalModel, ModelError, StopReason};
 use crate::offload::protocol::GenerateRequest;
 use crate::offload::{EdgeClient, EdgeServerConfig, LinkState, OffloadError};
@@ -55,13 +56,13 @@ fn remote_request(expert: &str, prompt: &str, options: &GenerateOptions) -> (Gen
 }
 
 /// The expert ids runnable from `experts_dir` (`models/experts`): `"base"`, then
-/// every sub-directory holding a `config.json`, sorted.
+/// every sub-directory holding a model (`config.json`) or a LoRA adapter, sorted.
 pub fn installed_experts(experts_dir: &Path) -> Vec<String> {
     let mut ids = vec![BASE_EXPERT.to_owned()];
     if let Ok(dir) = std::fs::read_dir(experts_dir) {
         let mut found: Vec<String> = dir
             .flatten()
-            .filter(|e| e.path().join("config.json").is_file())
+            .filter(|e| e.path().join("config.json").is_file() || is_adapter_dir(&e.path()))
             .filter_map(|e| e.file_name().to_str().map(str::to_owned))
             .collect();
         found.sort();

@@ -1,14 +1,19 @@
 //! CI check of the committed experts and gate on a small, reproducible sample of
 //! the held-out test splits (the first 4 KiB of each domain's test split and the
 //! first 50 held-out arithmetic problems; the full measurement is
-//! `moe-edge eval`, see models/quality.json):
+//! `moe-edge eval`, see models/quality.json), against the bars:
 //! - specialization: on its own domain each expert has the lowest bits per byte
 //!   of all experts;
+//! - the experts of at least half of the domains beat the base model on their
+//!   own domain, and the arithmetic expert answers ≥ 90 % exactly, above the base;
 //! - the sample agrees with models/quality.json (bits per byte within 0.35);
 //! - gate: top-1 accuracy ≥ 95 % on held-out labelled snippets.
 //!
-//! Needs the corpora (`core/scripts/fetch-corpora.sh`, run by `.ci/setup.sh`).
+//! Needs the corpora (`core/scripts/fetch-corpora.sh`, run by `.ci/setup.sh`)
+//! and the base model (`models/fetch-base-model.sh`).
 #![cfg(feature = "train")]
+
+mod common;
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +26,7 @@ use moe_edge::gate::Gate;
 use moe_edge::model::LocalModel;
 
 const SAMPLE_BYTES: usize = 4096;
+const SAMPLE_PROBLEMS: usize = 50;
 
 fn models() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
@@ -40,29 +46,50 @@ fn test_texts(full: bool) -> Vec<String> {
 
 #[test]
 fn committed_experts_meet_the_bars_on_a_sample() {
+    let Some(base_path) = common::base_model() else { return };
+    let base = LocalModel::load(&base_path).unwrap();
     let texts = test_texts(false);
+    let problems: Vec<_> = split_problems(Split::Test).into_iter().take(SAMPLE_PROBLEMS).collect();
     let table: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(models().join("quality.json")).unwrap()).unwrap();
+    let measure = |model: &LocalModel| -> Vec<f64> {
+        texts.iter().map(|t| bits_per_byte(model, t, 256, &mut |_| {}).unwrap()).collect()
+    };
+    let base_bits = measure(&base);
+    let base_exact = arithmetic_exact_match(&base, &problems, 32, &mut |_| {}).unwrap().rate;
     let mut bits = Vec::new(); // bits[expert][domain]
     for expert in DOMAINS {
-        let model = LocalModel::load(&models().join("experts").join(expert)).unwrap();
-        bits.push(texts.iter().map(|t| bits_per_byte(&model, t, 256, &mut |_| {}).unwrap()).collect::<Vec<f64>>());
+        let dir = models().join("experts").join(expert);
+        let model = LocalModel::load_expert(&dir, &base).unwrap();
+        bits.push(measure(&model));
         if expert == "arithmetic" {
-            let problems: Vec<_> = split_problems(Split::Test).into_iter().take(50).collect();
             let em = arithmetic_exact_match(&model, &problems, 192, &mut |_| {}).unwrap();
             let recorded = table["arithmetic_exact_match"][4].as_f64().unwrap();
+            eprintln!("arithmetic exact match: expert {} (recorded {recorded}), base {base_exact}", em.rate);
+            assert!(em.rate >= 0.9 && em.rate > base_exact, "arithmetic exact match {} (base {base_exact})", em.rate);
             assert!((em.rate - recorded).abs() <= 0.15, "sample exact match {} vs recorded {recorded}", em.rate);
         }
     }
+    let mut beat_base = 0;
     for (d, domain) in DOMAINS.iter().enumerate() {
+        eprintln!(
+            "{domain}: own expert {:.4} bits/byte, base {:.4}, others {:?}",
+            bits[d][d],
+            base_bits[d],
+            bits.iter().map(|b| b[d]).collect::<Vec<_>>()
+        );
         for (e, other) in DOMAINS.iter().enumerate() {
             if e != d {
                 assert!(bits[d][d] < bits[e][d], "{domain}: own expert {} vs {other} {}", bits[d][d], bits[e][d]);
             }
         }
+        if bits[d][d] < base_bits[d] {
+            beat_base += 1;
+        }
         let recorded = table["bits_per_byte"][d + 1][d].as_f64().unwrap();
         assert!((bits[d][d] - recorded).abs() < 0.35, "{domain}: sample {} vs recorded {recorded}", bits[d][d]);
     }
+    assert!(2 * beat_base >= DOMAINS.len(), "only {beat_base} of {} experts beat the base model", DOMAINS.len());
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Expert training: a smoke run on a tiny shape shows the loss going down, and
 //! the training forward agrees with the inference runtime (`LocalModel::load`)
-//! on the saved weights, for a fresh tiny model and for the committed experts.
+//! on the saved weights, for a fresh tiny model and for the committed standalone
+//! (arithmetic) expert.
 #![cfg(feature = "train")]
 
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use moe_edge::experts::corpus::Split;
 use moe_edge::experts::model::{ExpertConfig, TrainModel};
 use moe_edge::experts::train::{TrainOptions, TrainPaths, encode_text, train};
 use moe_edge::model::LocalModel;
+use moe_edge::model::lora::is_adapter_dir;
 
 fn repo(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
@@ -101,7 +103,11 @@ fn committed_experts_match_their_training_forward() {
     let tok = tokenizer();
     let prompt = "Q: 482+97\nA: 4d2 8d1 2d0 + 0d2 9d1 7d0;\n%\ndef f(x):\n    return x\n";
     let ids = tok.encode_fast(prompt, false).unwrap().get_ids().to_vec();
-    for domain in DOMAINS {
+    // The standalone experts; the LoRA adapters have their own check in `lora_adapter.rs`.
+    let standalone: Vec<_> =
+        DOMAINS.iter().filter(|d| !is_adapter_dir(&repo(&format!("models/experts/{d}")))).collect();
+    assert!(!standalone.is_empty(), "the arithmetic expert is a standalone model");
+    for domain in standalone {
         let diff = max_logit_difference(&repo(&format!("models/experts/{domain}")), &ids);
         assert!(diff < LOGIT_TOLERANCE, "{domain}: training and inference logits differ by {diff}");
     }

@@ -330,5 +330,8 @@ fn rope_tables(cfg: &LlamaConfig, positions: usize) -> candle_core::Result<(Tens
             angle *= scale;
         }
     }
-    Ok((Tensor::from_vec(cos, (positions, half), &Device::Cpu)?, Tensor::from_vec(sin, (positions, half), &Device::Cpu)?))
+    Ok((
+        Tensor::from_vec(cos, (positions, half), &Device::Cpu)?,
+        Tensor::from_vec(sin, (positions, half), &Device::Cpu)?,
+    ))
 }

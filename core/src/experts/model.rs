@@ -255,7 +255,6 @@ impl TrainModel {
         let logits = self.forward(&inputs)?.reshape((b * (t1 - 1), self.cfg.vocab_size))?;
         Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
     }
-
 }
 
 impl Trainable for TrainModel {

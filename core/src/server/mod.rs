@@ -494,19 +494,22 @@ pub fn load_experts(
     };
     let mut loaded: Vec<Option<Arc<LocalModel>>> = vec![None; config.experts.len()];
     // Standalone models first, so that adapters find the base whatever the order.
-    let adapter_last = |adapter: bool| config.experts.iter().enumerate().filter(move |(_, e)| is_adapter_dir(&e.path) == adapter);
+    let adapter_last =
+        |adapter: bool| config.experts.iter().enumerate().filter(move |(_, e)| is_adapter_dir(&e.path) == adapter);
     for (i, e) in adapter_last(false) {
         on_load(i, &e.id);
         loaded[i] = Some(Arc::new(LocalModel::load(&e.path).map_err(model_error(&e.id))?));
     }
     for (i, e) in adapter_last(true) {
         on_load(i, &e.id);
-        let base = config.experts.iter().position(|b| b.id == BASE_EXPERT).and_then(|b| loaded[b].clone()).ok_or_else(|| {
-            ServerError::Config(format!(
-                "expert {:?} is a LoRA adapter: host the base model as expert {BASE_EXPERT:?} too",
-                e.id
-            ))
-        })?;
+        let base = config.experts.iter().position(|b| b.id == BASE_EXPERT).and_then(|b| loaded[b].clone()).ok_or_else(
+            || {
+                ServerError::Config(format!(
+                    "expert {:?} is a LoRA adapter: host the base model as expert {BASE_EXPERT:?} too",
+                    e.id
+                ))
+            },
+        )?;
         loaded[i] = Some(Arc::new(base.with_adapter(&e.path).map_err(model_error(&e.id))?));
     }
     Ok(config.experts.iter().zip(loaded).map(|(e, m)| (e.id.clone(), m.expect("every expert loaded"))).collect())

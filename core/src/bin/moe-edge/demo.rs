@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use moe_edge::engine::{Engine, EngineConfig, EngineEvent, EngineListener};
-use moe_edge::model::{CancelToken, GenerateOptions, SamplingOptions};
+use moe_edge::model::{CancelToken, GenerateOptions, LocalModel, SamplingOptions};
 use moe_edge::offload::EdgeServerConfig;
 use moe_edge::policy::PolicyKind;
 use moe_edge::server::{EdgeServer, Identity, ServerSettings};
@@ -107,10 +107,17 @@ pub fn run(args: DemoArgs, threads: Option<usize>) -> Result<()> {
     };
     // The embedded server's experts come from models/ too: checked against its manifest.
     let manifest = moe_edge::manifest::Manifest::load(&args.models_dir)?;
+    // One copy of the base serves the server's base expert and its LoRA adapters.
+    let base = Arc::new(load_model(&args.model, false)?);
     let mut experts = Vec::new();
     for id in &edge_ids {
-        let path = if id == "base" { args.model.clone() } else { manifest.verify(id)? };
-        experts.push((id.clone(), Arc::new(load_model(&path, false)?)));
+        let model = if id == "base" {
+            base.clone()
+        } else {
+            let dir = manifest.verify(id)?;
+            Arc::new(LocalModel::load_expert(&dir, &base).with_context(|| format!("loading {}", dir.display()))?)
+        };
+        experts.push((id.clone(), model));
     }
     let token = format!("demo-{:016x}", rand::random::<u64>());
     let server_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;

@@ -14,10 +14,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use moe_edge::experts::arithmetic::{TEST_PROBLEMS, split_problems};
 use moe_edge::experts::corpus::{self, Split};
-use moe_edge::model::lora::is_adapter_dir;
 use moe_edge::experts::eval::{QUALITY_MAPPING, arithmetic_exact_match, bits_per_byte, quality};
 use moe_edge::experts::{DOMAINS, ExpertError};
 use moe_edge::model::LocalModel;
+use moe_edge::model::lora::is_adapter_dir;
 use serde::{Deserialize, Serialize};
 
 /// Arguments of `moe-edge eval`.
@@ -132,16 +132,16 @@ fn measure(
             .context("set MOE_EDGE_BASE_MODEL or --base (models/fetch-base-model.sh fetches it)")
     };
     let dir = args.models_dir.join("experts").join(id);
-    let (model, max_tokens) = if id == "base" {
-        // A direct answer of up to 4 digits needs a handful of tokens; 32 leaves room to restate the problem.
-        (LocalModel::load(&base_path()?)?, 32)
+    let model = if id == "base" {
+        LocalModel::load(&base_path()?)?
     } else if is_adapter_dir(&dir) {
-        let base = LocalModel::load(&base_path()?)?;
-        (base.with_adapter(&dir).with_context(|| format!("loading {}", dir.display()))?, 32)
+        LocalModel::load(&base_path()?)?.with_adapter(&dir).with_context(|| format!("loading {}", dir.display()))?
     } else {
-        // The worked answer of a 3-digit problem is about 100 tokens.
-        (LocalModel::load(&dir).with_context(|| format!("loading {}", dir.display()))?, 192)
+        LocalModel::load(&dir).with_context(|| format!("loading {}", dir.display()))?
     };
+    // The arithmetic expert writes a worked answer (about 100 tokens for 3 digits);
+    // any other model answers directly, for which 32 tokens leave room to restate the problem.
+    let max_tokens = if id == "arithmetic" { 192 } else { 32 };
     let mut bits = Vec::new();
     for (domain, text) in DOMAINS.iter().zip(texts) {
         let bar = bar(1000, format!("{id} on {domain}"))?;

@@ -1,5 +1,6 @@
 //! `moe-edge manifest`: hashes every committed model file under `models/`
-//! (experts, gate, tokenizer, and any other model listed by id) into
+//! (experts, standalone or LoRA adapters, gate, tokenizer, and any other model
+//! listed by id) into
 //! `models/manifest.json`.
 
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use anyhow::Result;
 use clap::Args;
 use moe_edge::experts::DOMAINS;
 use moe_edge::manifest::Manifest;
+use moe_edge::model::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapter_dir};
 
 /// Arguments of `moe-edge manifest`.
 #[derive(Args)]
@@ -22,7 +24,12 @@ pub fn run(args: ManifestArgs) -> Result<()> {
     let dir = &args.models_dir;
     let mut files = Vec::new();
     for domain in DOMAINS {
-        for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+        let names = if is_adapter_dir(&dir.join("experts").join(domain)) {
+            [ADAPTER_CONFIG, ADAPTER_WEIGHTS].as_slice()
+        } else {
+            ["config.json", "model.safetensors", "tokenizer.json"].as_slice()
+        };
+        for name in names {
             files.push((domain.to_string(), Some(domain.to_string()), format!("experts/{domain}/{name}")));
         }
     }

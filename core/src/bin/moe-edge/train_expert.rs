@@ -10,8 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use moe_edge::experts::lora::{LoraShape, LoraTrainModel};
 use moe_edge::experts::model::{ExpertConfig, TrainModel};
 use moe_edge::experts::train::{TrainOptions, TrainPaths, Trainable, encode_text, train};
-use moe_edge::model::LocalModel;
 use moe_edge::experts::{DOMAINS, corpus};
+use moe_edge::model::LocalModel;
 
 /// Arguments of `moe-edge train-expert`.
 #[derive(Args)]
@@ -83,8 +83,11 @@ pub fn run(args: TrainExpertArgs) -> Result<()> {
     let valid_ids = encode_text(&tokenizer, &valid_text, line_documents)?;
     let opts =
         TrainOptions { steps: args.steps, batch: args.batch, lr: args.lr, seed: args.seed, ..Default::default() };
-    let opts =
-        TrainOptions { warmup: (opts.steps / 10).clamp(1, opts.warmup), eval_every: opts.eval_every.min(opts.steps), ..opts };
+    let opts = TrainOptions {
+        warmup: (opts.steps / 10).clamp(1, opts.warmup),
+        eval_every: opts.eval_every.min(opts.steps),
+        ..opts
+    };
     let paths = TrainPaths {
         checkpoints: cache.join("checkpoints").join(&args.domain),
         loss_png: Some(out.join("loss.png")),
