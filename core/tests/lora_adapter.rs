@@ -120,6 +120,7 @@ fn malformed_adapters_are_refused_with_typed_errors() {
     std::fs::write(dir.join(ADAPTER_CONFIG), "{ not json").unwrap();
     assert!(matches!(base.with_adapter(&dir), Err(ModelError::Invalid { .. })));
     std::fs::write(dir.join(ADAPTER_CONFIG), &config).unwrap();
+    assert!(matches!(LocalModel::load(&dir), Err(ModelError::Invalid { .. })), "an adapter is not a model");
     std::fs::write(dir.join(ADAPTER_WEIGHTS), b"truncated").unwrap();
     assert!(matches!(base.with_adapter(&dir), Err(ModelError::Invalid { .. })));
     std::fs::remove_dir_all(&dir).unwrap();

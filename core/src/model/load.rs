@@ -31,6 +31,12 @@ pub struct LoadedModel {
 /// `progress` is called with a fraction in `[0, 1]` as layers are read.
 pub fn load(path: &Path, progress: &mut dyn FnMut(f32)) -> Result<LoadedModel, ModelError> {
     let meta = std::fs::metadata(path).map_err(|e| ModelError::io(path, e))?;
+    if meta.is_dir() && super::lora::is_adapter_dir(path) {
+        return Err(ModelError::invalid(
+            path,
+            "a LoRA adapter, not a model: apply it to its base with LocalModel::with_adapter",
+        ));
+    }
     if meta.is_dir() { load_safetensors_dir(path, progress) } else { load_gguf(path, progress) }
 }
 
