@@ -126,3 +126,24 @@ fn malformed_adapters_are_refused_with_typed_errors() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(matches!(base.with_adapter(&dir), Err(ModelError::Io { .. })));
 }
+
+#[cfg(feature = "server")]
+#[test]
+fn an_edge_server_hosts_an_adapter_only_with_the_base() {
+    use moe_edge::server::{EdgeConfig, ExpertEntry, ServerError, ServerSettings, load_experts};
+    let Some(base_path) = common::base_model() else { return };
+    let (_, dir) = saved_adapter(&base_path, "lora-server");
+    let entry = |id: &str, path: &Path| ExpertEntry { id: id.into(), path: path.to_path_buf() };
+    let config = |experts| EdgeConfig {
+        state_dir: dir.join("state"),
+        settings: ServerSettings { tokens: vec!["t".into()], ..ServerSettings::default() },
+        experts,
+    };
+    let alone = config(vec![entry("prose", &dir)]);
+    assert!(matches!(load_experts(&alone, &mut |_, _| {}), Err(ServerError::Config(_))));
+    // The adapter may come first: the base is loaded before it either way.
+    let hosted = load_experts(&config(vec![entry("prose", &dir), entry("base", &base_path)]), &mut |_, _| {}).unwrap();
+    assert_eq!(hosted.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["prose", "base"]);
+    assert!(hosted[0].1.chat_template().is_none() && hosted[1].1.chat_template().is_some());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
