@@ -132,16 +132,6 @@ impl LoraTrainModel {
         Ok(Self { cfg, shape, base_name, embed, layers, norm, vars, by_name, bos, cos, sin, mask })
     }
 
-    /// The base model's hyper-parameters.
-    pub fn config(&self) -> &LlamaConfig {
-        &self.cfg
-    }
-
-    /// Number of trained parameters.
-    pub fn parameter_count(&self) -> usize {
-        self.vars.iter().map(|(_, v)| v.elem_count()).sum()
-    }
-
     /// Sets every `B` to small seeded noise (tests: a fresh adapter is the identity).
     pub fn perturb(&self, seed: u64, std: f32) -> Result<(), ExpertError> {
         let mut rng = StdRng::seed_from_u64(seed);

@@ -196,11 +196,6 @@ impl TrainModel {
         &self.vars
     }
 
-    /// Total number of parameters.
-    pub fn parameter_count(&self) -> usize {
-        self.vars.iter().map(|(_, v)| v.elem_count()).sum()
-    }
-
     fn w(&self, name: &str) -> &Tensor {
         self.vars[self.by_name[name]].1.as_tensor()
     }

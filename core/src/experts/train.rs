@@ -118,6 +118,11 @@ pub trait Trainable {
     fn loss(&self, ids: &Tensor) -> Result<Tensor, ExpertError>;
     /// Writes the trained weights (and their configuration) into `dir`.
     fn save(&self, dir: &Path) -> Result<(), ExpertError>;
+
+    /// Number of trained parameters.
+    fn parameter_count(&self) -> usize {
+        self.vars().iter().map(|(_, v)| v.elem_count()).sum()
+    }
 }
 
 /// Trains `model` on `train_ids`, validating on `valid_ids`.

@@ -494,13 +494,13 @@ pub fn load_experts(
     };
     let mut loaded: Vec<Option<Arc<LocalModel>>> = vec![None; config.experts.len()];
     // Standalone models first, so that adapters find the base whatever the order.
-    let adapter_last =
+    let of_kind =
         |adapter: bool| config.experts.iter().enumerate().filter(move |(_, e)| is_adapter_dir(&e.path) == adapter);
-    for (i, e) in adapter_last(false) {
+    for (i, e) in of_kind(false) {
         on_load(i, &e.id);
         loaded[i] = Some(Arc::new(LocalModel::load(&e.path).map_err(model_error(&e.id))?));
     }
-    for (i, e) in adapter_last(true) {
+    for (i, e) in of_kind(true) {
         on_load(i, &e.id);
         let base = config.experts.iter().position(|b| b.id == BASE_EXPERT).and_then(|b| loaded[b].clone()).ok_or_else(
             || {

@@ -94,7 +94,7 @@ pub fn run(args: TrainExpertArgs) -> Result<()> {
         out: out.clone(),
         tokenizer: tokenizer_file,
     };
-    let trained = model.vars().iter().map(|(_, v)| v.elem_count()).sum::<usize>();
+    let trained = model.parameter_count();
     eprintln!(
         "{}: {trained} trained parameters, {} training tokens ({} bytes), {} validation tokens",
         args.domain,
