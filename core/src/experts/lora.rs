@@ -12,14 +12,16 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::ExpertError;
+use super::model::{causal_mask, rms_norm, save_f16};
 use super::train::Trainable;
+use crate::model::llama::rope_tables;
 use crate::model::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterConfig, TARGET_MODULES, tensor_name};
-use crate::model::{GgufFile, LlamaConfig};
+use crate::model::{GgufFile, LlamaConfig, Tokenizer};
 
 /// Shape of an adapter.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,6 +60,7 @@ pub struct LoraTrainModel {
     cfg: LlamaConfig,
     shape: LoraShape,
     base_name: String,
+    tokenizer: Tokenizer,
     embed: Tensor,
     layers: Vec<FrozenLayer>,
     norm: Tensor,
@@ -76,7 +79,7 @@ impl LoraTrainModel {
             return Err(ExpertError::Invalid(format!("unusable adapter shape {shape:?}")));
         }
         let mut gguf = GgufFile::open(base)?;
-        let tokenizer = crate::model::Tokenizer::from_gguf(gguf.content())?;
+        let tokenizer = Tokenizer::from_gguf(gguf.content())?;
         let bos = tokenizer
             .bos_id()
             .or_else(|| tokenizer.eos_ids().first().copied())
@@ -125,11 +128,29 @@ impl LoraTrainModel {
             }
         }
         let by_name = vars.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
-        let (cos, sin) = rope_tables(&cfg, shape.context_length)?;
+        let (cos, sin) = rope_tables(&cfg)?;
+        let (cos, sin) = (cos.narrow(0, 0, shape.context_length)?, sin.narrow(0, 0, shape.context_length)?);
         let t = shape.context_length;
-        let mask: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { -1e9 } else { 0.0 })).collect();
-        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu)?;
-        Ok(Self { cfg, shape, base_name, embed, layers, norm, vars, by_name, bos, cos, sin, mask })
+        Ok(Self {
+            cfg,
+            shape,
+            base_name,
+            tokenizer,
+            embed,
+            layers,
+            norm,
+            vars,
+            by_name,
+            bos,
+            cos,
+            sin,
+            mask: causal_mask(t)?,
+        })
+    }
+
+    /// The base model's tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
     }
 
     /// Sets every `B` to small seeded noise (tests: a fresh adapter is the identity).
@@ -261,13 +282,7 @@ impl Trainable for LoraTrainModel {
         let path = dir.join(ADAPTER_CONFIG);
         let text = serde_json::to_string_pretty(&json).expect("json value serializes") + "\n";
         std::fs::write(&path, text).map_err(|e| ExpertError::io(&path, e))?;
-        let tensors = self
-            .vars
-            .iter()
-            .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_dtype(DType::F16)?)))
-            .collect::<Result<HashMap<_, _>, candle_core::Error>>()?;
-        candle_core::safetensors::save(&tensors, dir.join(ADAPTER_WEIGHTS))?;
-        Ok(())
+        save_f16(&self.vars, &dir.join(ADAPTER_WEIGHTS))
     }
 }
 
@@ -299,29 +314,4 @@ impl CustomOp1 for FrozenLinear {
 /// A GGUF tensor as dense f32.
 fn dense(gguf: &mut GgufFile, name: &str) -> Result<Tensor, ExpertError> {
     Ok(gguf.tensor(name)?.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?)
-}
-
-/// `x / √(mean(x²) + ε) · w` over the last axis, from differentiable ops.
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
-    x.broadcast_mul(&inv)?.broadcast_mul(w)
-}
-
-/// cos/sin tables `(positions, head_dim / 2)`, angles computed as the runtime does.
-fn rope_tables(cfg: &LlamaConfig, positions: usize) -> candle_core::Result<(Tensor, Tensor)> {
-    let half = cfg.head_dim / 2;
-    let scale = cfg.rope_theta.powf(-2.0 / cfg.head_dim as f32);
-    let (mut cos, mut sin) = (Vec::with_capacity(positions * half), Vec::with_capacity(positions * half));
-    for pos in 0..positions {
-        let mut angle = pos as f32;
-        for _ in 0..half {
-            cos.push(angle.cos());
-            sin.push(angle.sin());
-            angle *= scale;
-        }
-    }
-    Ok((
-        Tensor::from_vec(cos, (positions, half), &Device::Cpu)?,
-        Tensor::from_vec(sin, (positions, half), &Device::Cpu)?,
-    ))
 }

@@ -181,9 +181,7 @@ impl TrainModel {
         let by_name = vars.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
         let (cos, sin) = rope_tables(&cfg)?;
         let t = cfg.context_length;
-        let mask: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { -1e9 } else { 0.0 })).collect();
-        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu)?;
-        Ok(Self { cfg, vars, by_name, cos, sin, mask })
+        Ok(Self { cfg, vars, by_name, cos, sin, mask: causal_mask(t)? })
     }
 
     /// The shape.
@@ -219,7 +217,7 @@ impl TrainModel {
         let linear = |x: &Tensor, name: &str| x.matmul(&self.w(name).t()?);
         for l in 0..cfg.num_layers {
             let p = format!("model.layers.{l}");
-            let a = rms_norm(&x, self.w(&format!("{p}.input_layernorm.weight")))?;
+            let a = rms_norm(&x, self.w(&format!("{p}.input_layernorm.weight")), RMS_EPS)?;
             let heads = |name: &str| -> candle_core::Result<Tensor> {
                 linear(&a, &format!("{p}.self_attn.{name}.weight"))?
                     .reshape((b, t, nh, hd))?
@@ -233,12 +231,12 @@ impl TrainModel {
             let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
             let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h))?;
             x = (x + linear(&attn, &format!("{p}.self_attn.o_proj.weight"))?)?;
-            let m = rms_norm(&x, self.w(&format!("{p}.post_attention_layernorm.weight")))?;
+            let m = rms_norm(&x, self.w(&format!("{p}.post_attention_layernorm.weight")), RMS_EPS)?;
             let gate = linear(&m, &format!("{p}.mlp.gate_proj.weight"))?;
             let up = linear(&m, &format!("{p}.mlp.up_proj.weight"))?;
             x = (x + linear(&(gate.silu()? * up)?, &format!("{p}.mlp.down_proj.weight"))?)?;
         }
-        let x = rms_norm(&x, self.w("model.norm.weight"))?;
+        let x = rms_norm(&x, self.w("model.norm.weight"), RMS_EPS)?;
         Ok(x.matmul(&embed.t()?)?.reshape((b, t, cfg.vocab_size))?)
     }
 
@@ -271,13 +269,7 @@ impl Trainable for TrainModel {
         let config = dir.join("config.json");
         let json = serde_json::to_string_pretty(&self.cfg.hf_config()).expect("json value serializes");
         std::fs::write(&config, json + "\n").map_err(|e| ExpertError::io(&config, e))?;
-        let tensors = self
-            .vars
-            .iter()
-            .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_dtype(DType::F16)?)))
-            .collect::<Result<HashMap<_, _>, candle_core::Error>>()?;
-        candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
-        Ok(())
+        save_f16(&self.vars, &dir.join("model.safetensors"))
     }
 }
 
@@ -289,9 +281,25 @@ fn normal(rng: &mut StdRng) -> f32 {
 }
 
 /// `x / √(mean(x²) + ε) · w` over the last axis, from differentiable ops.
-fn rms_norm(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + RMS_EPS)?.sqrt()?.recip()?;
+pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
     x.broadcast_mul(&inv)?.broadcast_mul(w)
+}
+
+/// The additive causal mask `(t, t)` of a training window.
+pub(super) fn causal_mask(t: usize) -> candle_core::Result<Tensor> {
+    let mask: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { -1e9 } else { 0.0 })).collect();
+    Tensor::from_vec(mask, (t, t), &Device::Cpu)
+}
+
+/// Writes named variables as an f16 safetensors file.
+pub(super) fn save_f16(vars: &[(String, Var)], path: &Path) -> Result<(), ExpertError> {
+    let tensors = vars
+        .iter()
+        .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_dtype(DType::F16)?)))
+        .collect::<Result<HashMap<_, _>, candle_core::Error>>()?;
+    candle_core::safetensors::save(&tensors, path)?;
+    Ok(())
 }
 
 /// HF rotary embedding on split halves: `x·cos + rotate_half(x)·sin`.

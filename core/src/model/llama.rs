@@ -307,7 +307,7 @@ fn round_f16(xs: &Tensor) -> candle_core::Result<Tensor> {
 ///
 /// The angles are computed as ggml does (position × scale^i by repeated f32
 /// multiplication, scale = theta^(-2/d)), so they round exactly like llama.cpp's.
-fn rope_tables(cfg: &LlamaConfig) -> candle_core::Result<(Tensor, Tensor)> {
+pub(crate) fn rope_tables(cfg: &LlamaConfig) -> candle_core::Result<(Tensor, Tensor)> {
     let half = cfg.head_dim / 2;
     let scale = cfg.rope_theta.powf(-2.0 / cfg.head_dim as f32);
     let mut cos = Vec::with_capacity(cfg.context_length * half);

@@ -6,7 +6,7 @@ mod config;
 mod error;
 mod generate;
 mod gguf;
-mod llama;
+pub(crate) mod llama;
 mod load;
 pub mod lora;
 mod ops;

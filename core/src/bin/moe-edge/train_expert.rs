@@ -11,7 +11,6 @@ use moe_edge::experts::lora::{LoraShape, LoraTrainModel};
 use moe_edge::experts::model::{ExpertConfig, TrainModel};
 use moe_edge::experts::train::{TrainOptions, TrainPaths, Trainable, encode_text, train};
 use moe_edge::experts::{DOMAINS, corpus};
-use moe_edge::model::LocalModel;
 
 /// Arguments of `moe-edge train-expert`.
 #[derive(Args)]
@@ -67,7 +66,7 @@ pub fn run(args: TrainExpertArgs) -> Result<()> {
         Some(base) => {
             let shape = LoraShape { rank: args.rank, ..LoraShape::default() };
             let model = LoraTrainModel::new(base, shape, args.seed)?;
-            let tokenizer = LocalModel::load(base)?.tokenizer().inner().clone();
+            let tokenizer = model.tokenizer().inner().clone();
             (Box::new(model), tokenizer, None)
         }
         None => {
