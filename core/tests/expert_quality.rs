@@ -4,9 +4,10 @@
 //! `moe-edge eval`, see models/quality.json), against the issue's bars:
 //! - specialization: on its own domain each expert has the lowest bits per byte
 //!   of all experts;
-//! - ignored until the committed experts meet them (see README): the experts of
-//!   at least half of the domains beat the base model on their own domain, and
-//!   the arithmetic expert answers ≥ 90 % exactly, above the base;
+//! - the experts of at least half of the domains beat the base model on their
+//!   own domain;
+//! - ignored until the committed arithmetic expert meets it (see
+//!   models/README.md): it answers ≥ 90 % exactly, above the base;
 //! - the sample agrees with models/quality.json (bits per byte within 0.35);
 //! - gate: top-1 accuracy ≥ 95 % on held-out labelled snippets.
 //!
@@ -56,6 +57,7 @@ fn committed_experts_meet_the_bars_on_a_sample() {
     let measure = |model: &LocalModel| -> Vec<f64> {
         texts.iter().map(|t| bits_per_byte(model, t, 256, &mut |_| {}).unwrap()).collect()
     };
+    let base_bits = measure(&base);
     let mut bits = Vec::new(); // bits[expert][domain]
     for expert in DOMAINS {
         let dir = models().join("experts").join(expert);
@@ -68,8 +70,13 @@ fn committed_experts_meet_the_bars_on_a_sample() {
             assert!((em.rate - recorded).abs() <= 0.15, "sample exact match {} vs recorded {recorded}", em.rate);
         }
     }
+    let mut beat_base = 0;
     for (d, domain) in DOMAINS.iter().enumerate() {
-        eprintln!("{domain}: bits/byte of each expert {:?}", bits.iter().map(|b| b[d]).collect::<Vec<_>>());
+        eprintln!(
+            "{domain}: bits/byte of each expert {:?}, base {}",
+            bits.iter().map(|b| b[d]).collect::<Vec<_>>(),
+            base_bits[d]
+        );
         for (e, other) in DOMAINS.iter().enumerate() {
             if e != d {
                 assert!(bits[d][d] < bits[e][d], "{domain}: own expert {} vs {other} {}", bits[d][d], bits[e][d]);
@@ -77,26 +84,16 @@ fn committed_experts_meet_the_bars_on_a_sample() {
         }
         let recorded = table["bits_per_byte"][d + 1][d].as_f64().unwrap();
         assert!((bits[d][d] - recorded).abs() < 0.35, "{domain}: sample {} vs recorded {recorded}", bits[d][d]);
+        beat_base += usize::from(bits[d][d] < base_bits[d]);
     }
+    assert!(2 * beat_base >= DOMAINS.len(), "only {beat_base} of {} experts beat the base model", DOMAINS.len());
 }
 
 #[test]
-#[ignore = "issue 3 bars not met by the committed experts: 1 of 4 beats the base model, arithmetic exact match 0.4 % (models/quality.json; README: the LoRA adapters that beat it are not shipped yet)"]
-fn committed_experts_beat_the_base_model() {
+#[ignore = "issue 3 bar not met by the committed arithmetic expert: exact match 0.4 % against the bar of 90 % (models/quality.json, models/README.md)"]
+fn arithmetic_expert_answers_nine_in_ten_exactly() {
     let Some(base_path) = common::base_model() else { return };
     let base = LocalModel::load(&base_path).unwrap();
-    let texts = test_texts(false);
-    let mut beat_base = 0;
-    for (domain, text) in DOMAINS.iter().zip(&texts) {
-        let expert = LocalModel::load_expert(&models().join("experts").join(domain), &base).unwrap();
-        let (own, base_bits) = (
-            bits_per_byte(&expert, text, 256, &mut |_| {}).unwrap(),
-            bits_per_byte(&base, text, 256, &mut |_| {}).unwrap(),
-        );
-        eprintln!("{domain}: expert {own:.4} bits/byte, base {base_bits:.4}");
-        beat_base += usize::from(own < base_bits);
-    }
-    assert!(2 * beat_base >= DOMAINS.len(), "only {beat_base} of {} experts beat the base model", DOMAINS.len());
     let problems: Vec<_> = split_problems(Split::Test).into_iter().take(SAMPLE_PROBLEMS).collect();
     let expert = LocalModel::load_expert(&models().join("experts/arithmetic"), &base).unwrap();
     let base_rate = arithmetic_exact_match(&base, &problems, 32, &mut |_| {}).unwrap().rate;

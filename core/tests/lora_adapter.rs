@@ -65,7 +65,8 @@ fn training_forward_and_runtime_agree_on_a_saved_adapter() {
     let (model, dir) = saved_adapter(&base_path, "lora-logits");
     let base = LocalModel::load(&base_path).unwrap();
     let adapted = base.with_adapter(&dir).unwrap();
-    assert!(adapted.chat_template().is_none(), "adapters get plain prompts");
+    let question = "What is gravity?";
+    assert_eq!(adapted.render_prompt(question, true).unwrap(), base.render_prompt(question, true).unwrap());
     let ids = base.tokenizer().encode("Gravity: the force that attracts a body toward the centre", true).unwrap();
 
     let trained: Vec<Vec<f32>> = model
@@ -144,6 +145,9 @@ fn an_edge_server_hosts_an_adapter_only_with_the_base() {
     // The adapter may come first: the base is loaded before it either way.
     let hosted = load_experts(&config(vec![entry("prose", &dir), entry("base", &base_path)]), &mut |_, _| {}).unwrap();
     assert_eq!(hosted.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["prose", "base"]);
-    assert!(hosted[0].1.chat_template().is_none() && hosted[1].1.chat_template().is_some());
+    assert!(
+        hosted.iter().all(|(_, model)| model.chat_template().is_some()),
+        "an adapter keeps the base's chat template"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -24,9 +24,11 @@ val baseModel: String = System.getenv("MOE_EDGE_BASE_MODEL") ?: error("set MOE_E
 val modelsDir: String = System.getenv("MOE_EDGE_MODELS_DIR") ?: error("set MOE_EDGE_MODELS_DIR")
 val moeEdgeBin: String = System.getenv("MOE_EDGE_BIN") ?: error("set MOE_EDGE_BIN (the moe-edge CLI)")
 
-/** The chat prompt whose greedy answer llama.cpp also gives (core/tests/fixtures/golden). */
+/** A chat prompt whose greedy answer is the base model's under llama.cpp (core/tests/fixtures/golden). */
 const val FRANCE = "What is the capital of France? Answer in one sentence."
 const val FRANCE_ANSWER = "The capital of France is Paris."
+/** The expert the committed gate and quality table pick for FRANCE: the prose adapter, which answers it as the base does. */
+const val FRANCE_EXPERT = "prose"
 const val PIN = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
 fun config(budgetMb: UInt = 1024u, threads: UInt? = 2u, servers: List<EdgeServerConfig> = emptyList()) =
@@ -132,7 +134,7 @@ fun awaitIdle(engine: MoeEngine) {
 lateinit var engine: MoeEngine
 
 val tests: List<Pair<String, () -> Unit>> = listOf(
-    "greedy answer matches llama.cpp and streams in pieces" to {
+    "greedy answer is the golden one and streams in pieces" to {
         val rec = Recorder()
         val result = engine.generate(FRANCE, greedy(64u), rec)
         checkEq(FRANCE_ANSWER, result.text, "text")
@@ -146,10 +148,10 @@ val tests: List<Pair<String, () -> Unit>> = listOf(
     "events: placed on the phone, then done with the token count" to {
         val rec = Recorder()
         val result = engine.generate(FRANCE, greedy(64u), rec)
-        checkEq(GenerationEvent.Placed(0u, "base", "phone"), rec.events.first(), "first event")
+        checkEq(GenerationEvent.Placed(0u, FRANCE_EXPERT, "phone"), rec.events.first(), "first event")
         checkEq(GenerationEvent.SubtaskDone(0u, result.generatedTokens), rec.events.last(), "last event")
         val placed = result.subtasks.map { listOf(it.index, it.expert, it.node, it.generatedTokens, it.fellBack) }
-        checkEq(listOf(listOf(0u, "base", "phone", result.generatedTokens, false)), placed, "subtasks")
+        checkEq(listOf(listOf(0u, FRANCE_EXPERT, "phone", result.generatedTokens, false)), placed, "subtasks")
         check(result.subtasks[0].latencyMs > 0) { "latency ${result.subtasks[0].latencyMs}" }
     },
     "max tokens and stop strings end generation" to {
@@ -294,7 +296,7 @@ val tests: List<Pair<String, () -> Unit>> = listOf(
                 val pieces = session.generate(FRANCE, greedy(64u)).toList()
                 checkEq(FRANCE_ANSWER, pieces.joinToString(""), "text")
                 val ready = session.state.value as State.Ready
-                checkEq(listOf(org.moeedge.Placement(0, "base", "phone", ready.placements[0].tokens, done = true)), ready.placements, "placements")
+                checkEq(listOf(org.moeedge.Placement(0, FRANCE_EXPERT, "phone", ready.placements[0].tokens, done = true)), ready.placements, "placements")
                 session.setDeviceState(0.5f, false, 0.1f)
                 checkEq(0.5f, (session.state.value as State.Ready).status.device.battery, "battery")
             }

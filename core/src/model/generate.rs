@@ -31,7 +31,7 @@ pub struct GenerateOptions {
     /// Generation stops before any of these strings (they are not emitted).
     pub stop: Vec<String>,
     /// Wrap the prompt as a user turn in the model's chat template. A model
-    /// without one (our domain experts, trained on plain text) gets the prompt as is.
+    /// without one (the small experts trained from scratch on plain text) gets the prompt as is.
     pub chat: bool,
 }
 
@@ -116,11 +116,16 @@ impl LocalModel {
     }
 
     /// This model with the LoRA adapter in `dir` applied, sharing the base weights.
-    /// The adapted model gets prompts as plain text (no chat template), as its
-    /// adapter was trained on plain domain text.
+    /// The adapted model keeps the base's chat template: an adapter refines an
+    /// instruction-tuned base, which still answers requests in its chat format
+    /// (a plain-text prompt would make it continue the text in its domain's style).
     pub fn with_adapter(&self, dir: &Path) -> Result<Self, ModelError> {
         let adapter = Adapter::load(dir, self.llama.config())?;
-        Ok(Self { llama: self.llama.with_adapter(adapter), tokenizer: self.tokenizer.clone(), chat_template: None })
+        Ok(Self {
+            llama: self.llama.with_adapter(adapter),
+            tokenizer: self.tokenizer.clone(),
+            chat_template: self.chat_template.clone(),
+        })
     }
 
     /// Loads an expert directory: a LoRA adapter over `base`, or a standalone model.
