@@ -2,8 +2,8 @@
 //! and SHA-256, so the runtime can refuse a corrupted or swapped file.
 //!
 //! ```json
-//! {"files": [{"id": "prose", "domain": "prose", "file": "experts/prose/model.safetensors",
-//!             "size": 7340032, "sha256": "…"}, …]}
+//! {"files": [{"id": "prose", "domain": "prose", "file": "experts/prose/adapter_model.safetensors",
+//!             "size": 4001360, "sha256": "…"}, …]}
 //! ```
 //! `file` is relative to the models directory; `domain` is `null` for models
 //! that serve no single domain (the gate, the policy).

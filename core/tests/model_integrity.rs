@@ -93,11 +93,11 @@ fn corrupted_model_files_are_refused_with_a_typed_error() {
     assert_eq!(report.subtasks[0].expert, "prose");
 
     // A corrupted expert is refused when it is about to be loaded.
-    corrupt(&dir.join("experts/prose/model.safetensors"));
+    corrupt(&dir.join("experts/prose/adapter_model.safetensors"));
     let engine = Engine::with_routing(config.clone(), None, Box::new(OnPhone("prose"))).unwrap();
     hash_mismatch_at(
         engine.generate(prompt, &options(2), &Silent, &CancelToken::new()),
-        "experts/prose/model.safetensors",
+        "experts/prose/adapter_model.safetensors",
     );
     // A corrupted gate or policy actor stops the engine from starting.
     corrupt(&dir.join("gate/gate.safetensors"));
