@@ -65,8 +65,10 @@ const LOGIT_TOLERANCE: f32 = 2e-2;
 fn smoke_training_lowers_the_loss_and_the_runtime_agrees() {
     let tok = tokenizer();
     let text = |split| split_problems(split).iter().take(400).map(|p| p.document()).collect::<String>();
-    let (train_ids, valid_ids) =
-        (encode_text(&tok, &text(Split::Train), true).unwrap(), encode_text(&tok, &text(Split::Valid), true).unwrap());
+    let (train_ids, valid_ids) = (
+        encode_text(&tok, &text(Split::Train), Some("Q: ")).unwrap(),
+        encode_text(&tok, &text(Split::Valid), Some("Q: ")).unwrap(),
+    );
     let model = TrainModel::new(ExpertConfig::tiny(tok.get_vocab_size(true)), 3).unwrap();
     let dir = temp_dir("smoke-expert");
     let opts = TrainOptions {
@@ -100,15 +102,38 @@ fn smoke_training_lowers_the_loss_and_the_runtime_agrees() {
 
 #[test]
 fn committed_experts_match_their_training_forward() {
-    let tok = tokenizer();
-    let prompt = "Q: 482+97\nA: 4d2 8d1 2d0 + 0d2 9d1 7d0;\n%\ndef f(x):\n    return x\n";
-    let ids = tok.encode_fast(prompt, false).unwrap().get_ids().to_vec();
     // The standalone experts; the LoRA adapters have their own check in `lora_adapter.rs`.
     let standalone: Vec<_> =
         DOMAINS.iter().filter(|d| !is_adapter_dir(&repo(&format!("models/experts/{d}")))).collect();
     assert!(!standalone.is_empty(), "the arithmetic expert is a standalone model");
     for domain in standalone {
-        let diff = max_logit_difference(&repo(&format!("models/experts/{domain}")), &ids);
+        let dir = repo(&format!("models/experts/{domain}"));
+        let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+        let text = "Q: 482+97\nA: d0 2+7+0=9 c0; d1 8+9+0=17 c1;\n%\ndef f(x):\n    return x\n";
+        let ids = tok.encode_fast(text, true).unwrap().get_ids().to_vec();
+        let diff = max_logit_difference(&dir, &ids);
         assert!(diff < LOGIT_TOLERANCE, "{domain}: training and inference logits differ by {diff}");
     }
+}
+
+/// Each arithmetic problem is one training document, BOS first, so that the
+/// model trains on exactly the ids it sees at inference: the question as the
+/// runtime encodes it (with BOS), then the answer line.
+#[test]
+fn arithmetic_documents_are_encoded_as_at_inference() {
+    let tok = tokenizers::Tokenizer::from_file(repo("models/experts/arithmetic/tokenizer.json")).unwrap();
+    let problems: Vec<_> = split_problems(Split::Valid).into_iter().take(3).collect();
+    let text: String = problems.iter().map(|p| p.document()).collect();
+    let ids = encode_text(&tok, &text, Some("Q: ")).unwrap();
+    let mut expected = Vec::new();
+    for p in &problems {
+        let prompt = tok.encode_fast(p.prompt(), true).unwrap().get_ids().to_vec();
+        let document = tok.encode_fast(p.document(), true).unwrap().get_ids().to_vec();
+        assert!(document.starts_with(&prompt), "the answer continues the prompt's ids");
+        expected.extend(document);
+    }
+    assert_eq!(ids, expected);
+    // Without a document start the text is one document: a single BOS.
+    let single = encode_text(&tok, &text, None).unwrap();
+    assert_eq!(single.iter().filter(|&&id| id == 0).count(), 1);
 }

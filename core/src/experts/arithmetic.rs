@@ -7,15 +7,16 @@
 //!
 //! ```text
 //! Q: 4821+397
-//! A: 4d3 8d2 2d1 1d0 + 0d3 3d2 9d1 7d0; d0 1+7+0=8 c0; d1 2+9+0=11 c1; d2 8+3+1=12 c1; d3 4+0+1=5 c0; rev d4 0 d3 5 d2 2 d1 1 d0 8; so 5218
+//! A: d0 1+7+0=8 c0; d1 2+9+0=11 c1; d2 8+3+1=12 c1; d3 4+0+1=5 c0; rev d4 0 d3 5 d2 2 d1 1 d0 8; so 5218
 //! ```
 //!
-//! The operands are first restated digit by digit with their index, so that
-//! every later step looks a digit up by its index (content) rather than by
-//! counting positions; `rev` lists the result digits from the most significant
-//! one, and `so` gives the result as a plain number. The answer of any model is
-//! read the same way ([`parse_answer`]): the last integer on the first non-empty
-//! line it generates.
+//! Step `dI` reads the operands' digits `I` places left of the `+` and of the
+//! line end of the question, fixed offsets a model learns without knowing an
+//! operand's length (a shorter operand gives 0); `rev` lists the result digits
+//! from the most significant one, each found by its step's index, and `so`
+//! gives the result as a plain number. The answer of any model is read the
+//! same way ([`parse_answer`]): the last integer on the first non-empty line it
+//! generates.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -94,9 +95,8 @@ impl Problem {
     pub fn worked(&self) -> String {
         let n = digits(self.a).len().max(if self.op == Op::Mul { 1 } else { digits(self.b).len() });
         let (da, db) = (padded(self.a, n), padded(self.b, if self.op == Op::Mul { 1 } else { n }));
-        let list = |d: &[u32]| (0..d.len()).rev().map(|i| format!("{}d{i}", d[i])).collect::<Vec<_>>().join(" ");
         let sym = self.symbol();
-        let mut out = format!(" {} {sym} {};", list(&da), list(&db));
+        let mut out = String::new();
         let mut carry = 0u32;
         let mut result = Vec::with_capacity(n + 1);
         for i in 0..n {
@@ -205,13 +205,13 @@ mod tests {
         let p = Problem { a: 4821, op: Op::Add, b: 397 };
         assert_eq!(
             p.document(),
-            "Q: 4821+397\nA: 4d3 8d2 2d1 1d0 + 0d3 3d2 9d1 7d0; d0 1+7+0=8 c0; d1 2+9+0=11 c1; \
-             d2 8+3+1=12 c1; d3 4+0+1=5 c0; rev d4 0 d3 5 d2 2 d1 1 d0 8; so 5218\n"
+            "Q: 4821+397\nA: d0 1+7+0=8 c0; d1 2+9+0=11 c1; d2 8+3+1=12 c1; d3 4+0+1=5 c0; \
+             rev d4 0 d3 5 d2 2 d1 1 d0 8; so 5218\n"
         );
         let sub = Problem { a: 1000, op: Op::Sub, b: 999 };
         assert!(sub.worked().contains("d0 0-9-0=1 c1; d1 0-9-1=0 c1"), "{}", sub.worked());
         let mul = Problem { a: 95, op: Op::Mul, b: 7 };
-        assert_eq!(mul.worked(), " 9d1 5d0 * 7d0; d0 5*7+0=35 c3; d1 9*7+3=66 c6; rev d2 6 d1 6 d0 5; so 665\n");
+        assert_eq!(mul.worked(), " d0 5*7+0=35 c3; d1 9*7+3=66 c6; rev d2 6 d1 6 d0 5; so 665\n");
     }
 
     #[test]

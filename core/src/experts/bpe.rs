@@ -1,14 +1,17 @@
-//! The experts' tokenizer: byte-level BPE trained on the union of the domains.
+//! Byte-level BPE tokenizers trained on the domains' training splits.
 //!
 //! Byte-level, so every byte sequence encodes (no unknown tokens); digits are
 //! split individually before BPE so that numbers are spelled digit by digit,
 //! which is what the arithmetic worked answers need. `<|endoftext|>` (id 0) is
 //! the only special token: BOS of every sequence and end of generation.
 //!
-//! Size: 4096 ids. With 4 layers of width 256, the tied embedding table is then
-//! 1 M parameters, a quarter of an expert; larger vocabularies would spend most
-//! of the 40 MB weight budget on rarely seen embeddings trained on a few
-//! million tokens, smaller ones lengthen sequences (more compute per byte).
+//! Two are committed. `models/tokenizer.json`, trained on the union of the
+//! domains with 4096 ids, is the gate's: larger vocabularies would spend the
+//! gate's 1 MB on rarely seen embeddings, smaller ones lengthen the id bags.
+//! The arithmetic expert has its own, trained on the arithmetic split alone:
+//! its text has about 40 distinct symbols, so the 256 bytes plus the few merges
+//! that occur (264 ids) cover it, and the expert spends no compute or weights
+//! on 4096-way logits it never needs.
 
 use std::path::Path;
 

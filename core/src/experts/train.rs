@@ -277,32 +277,46 @@ pub fn plot_losses(path: &Path, report: &TrainReport) -> Result<(), ExpertError>
 /// Token ids of `text`, encoded in parallel chunks cut at line ends.
 ///
 /// Every document starts with the end-of-text token, as every prompt does at
-/// inference (the tokenizer adds it as BOS): the whole text is one document,
-/// or each line is one when `line_documents` is set (the arithmetic problems).
+/// inference (the tokenizer adds it as BOS). The whole text is one document,
+/// unless `document_start` is set: then each line starting with it begins a
+/// new document (`Q: ` for the arithmetic problems, whose answer line belongs
+/// to the question's document, as at inference).
 pub fn encode_text(
     tokenizer: &tokenizers::Tokenizer,
     text: &str,
-    line_documents: bool,
+    document_start: Option<&str>,
 ) -> Result<Vec<u32>, ExpertError> {
     let bos = tokenizer
         .token_to_id(super::bpe::END_OF_TEXT)
         .ok_or_else(|| ExpertError::Tokenizer(format!("the tokenizer has no {}", super::bpe::END_OF_TEXT)))?;
-    let mut chunks = Vec::new();
-    if line_documents {
-        chunks.extend(text.split_inclusive('\n'));
-    } else {
-        let mut rest = text;
-        while !rest.is_empty() {
-            let piece = super::corpus::prefix_lines(rest, 1 << 16);
-            let piece = if piece.is_empty() { rest } else { piece };
-            chunks.push(piece);
-            rest = &rest[piece.len()..];
+    let mut chunks: Vec<&str> = Vec::new();
+    match document_start {
+        Some(start) => {
+            let mut from = 0;
+            for (at, _) in text.match_indices('\n') {
+                if text[at + 1..].starts_with(start) {
+                    chunks.push(&text[from..at + 1]);
+                    from = at + 1;
+                }
+            }
+            if from < text.len() {
+                chunks.push(&text[from..]);
+            }
+        }
+        None => {
+            let mut rest = text;
+            while !rest.is_empty() {
+                let piece = super::corpus::prefix_lines(rest, 1 << 16);
+                let piece = if piece.is_empty() { rest } else { piece };
+                chunks.push(piece);
+                rest = &rest[piece.len()..];
+            }
         }
     }
     let encodings = tokenizer.encode_batch_fast(chunks, false).map_err(|e| ExpertError::Tokenizer(e.to_string()))?;
     let mut ids = Vec::with_capacity(text.len() / 2);
     for (i, e) in encodings.iter().enumerate() {
-        if i == 0 || line_documents {
+        if i == 0 || document_start.is_some() {
             ids.push(bos);
         }
         ids.extend_from_slice(e.get_ids());

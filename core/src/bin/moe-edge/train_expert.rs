@@ -42,6 +42,10 @@ pub struct TrainExpertArgs {
     /// Rank of the LoRA adapter (with `--base`).
     #[arg(long, default_value_t = LoraShape::default().rank)]
     rank: usize,
+    /// Start from the weights of a saved model of the same shape (its
+    /// `model.safetensors`, e.g. a checkpoint) instead of a seeded initialisation.
+    #[arg(long, conflicts_with = "base")]
+    init: Option<PathBuf>,
     /// Use the tiny smoke-test shape instead of the shipped one.
     #[arg(long)]
     tiny: bool,
@@ -57,7 +61,8 @@ pub struct TrainExpertArgs {
 pub fn run(args: TrainExpertArgs) -> Result<()> {
     anyhow::ensure!(DOMAINS.contains(&args.domain.as_str()), "unknown domain {:?}", args.domain);
     let cache = args.cache.unwrap_or_else(corpus::cache_dir);
-    let line_documents = args.domain == "arithmetic";
+    // Each arithmetic problem (question and answer line) is a document of its own.
+    let document_start = (args.domain == "arithmetic").then_some("Q: ");
     let train_text = corpus::read_split(&cache, &args.domain, corpus::Split::Train)?;
     let train_text = corpus::prefix_lines(&train_text, args.max_train_bytes);
     let valid_text = corpus::read_split(&cache, &args.domain, corpus::Split::Valid)?;
@@ -75,11 +80,16 @@ pub fn run(args: TrainExpertArgs) -> Result<()> {
                 .with_context(|| format!("loading {}", args.tokenizer.display()))?;
             let vocab = tokenizer.get_vocab_size(true);
             let cfg = if args.tiny { ExpertConfig::tiny(vocab) } else { ExpertConfig::expert(vocab) };
-            (Box::new(TrainModel::new(cfg, args.seed)?), tokenizer, Some(args.tokenizer.clone()))
+            let model = match &args.init {
+                Some(dir) => TrainModel::load(cfg, &dir.join("model.safetensors"))
+                    .with_context(|| format!("loading the initial weights from {}", dir.display()))?,
+                None => TrainModel::new(cfg, args.seed)?,
+            };
+            (Box::new(model), tokenizer, Some(args.tokenizer.clone()))
         }
     };
-    let train_ids = encode_text(&tokenizer, train_text, line_documents)?;
-    let valid_ids = encode_text(&tokenizer, &valid_text, line_documents)?;
+    let train_ids = encode_text(&tokenizer, train_text, document_start)?;
+    let valid_ids = encode_text(&tokenizer, &valid_text, document_start)?;
     let opts =
         TrainOptions { steps: args.steps, batch: args.batch, lr: args.lr, seed: args.seed, ..Default::default() };
     let opts = TrainOptions {
