@@ -109,8 +109,10 @@ fn committed_experts_match_their_training_forward() {
     for domain in standalone {
         let dir = repo(&format!("models/experts/{domain}"));
         let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-        let text = "Q: 482+97\nA: d0 2+7+0=9 c0; d1 8+9+0=17 c1;\n%\ndef f(x):\n    return x\n";
-        let ids = tok.encode_fast(text, true).unwrap().get_ids().to_vec();
+        // Text of the expert's own domain: off-domain bytes drive a trained expert's
+        // logits far beyond the magnitudes the tolerance is derived for.
+        let text: String = split_problems(Split::Valid).iter().take(3).map(|p| p.document()).collect();
+        let ids = tok.encode_fast(text.as_str(), true).unwrap().get_ids().to_vec();
         let diff = max_logit_difference(&dir, &ids);
         assert!(diff < LOGIT_TOLERANCE, "{domain}: training and inference logits differ by {diff}");
     }
