@@ -7,8 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use moe_edge::experts::DOMAINS;
-use moe_edge::experts::arithmetic::split_problems;
+use moe_edge::experts::arithmetic::{QUESTION_START, split_problems};
 use moe_edge::experts::corpus::Split;
 use moe_edge::experts::model::{ExpertConfig, TrainModel};
 use moe_edge::experts::train::{TrainOptions, TrainPaths, encode_text, train};
@@ -66,8 +65,8 @@ fn smoke_training_lowers_the_loss_and_the_runtime_agrees() {
     let tok = tokenizer();
     let text = |split| split_problems(split).iter().take(400).map(|p| p.document()).collect::<String>();
     let (train_ids, valid_ids) = (
-        encode_text(&tok, &text(Split::Train), Some("Q: ")).unwrap(),
-        encode_text(&tok, &text(Split::Valid), Some("Q: ")).unwrap(),
+        encode_text(&tok, &text(Split::Train), Some(QUESTION_START)).unwrap(),
+        encode_text(&tok, &text(Split::Valid), Some(QUESTION_START)).unwrap(),
     );
     let model = TrainModel::new(ExpertConfig::tiny(tok.get_vocab_size(true)), 3).unwrap();
     let dir = temp_dir("smoke-expert");
@@ -101,21 +100,17 @@ fn smoke_training_lowers_the_loss_and_the_runtime_agrees() {
 }
 
 #[test]
-fn committed_experts_match_their_training_forward() {
-    // The standalone experts; the LoRA adapters have their own check in `lora_adapter.rs`.
-    let standalone: Vec<_> =
-        DOMAINS.iter().filter(|d| !is_adapter_dir(&repo(&format!("models/experts/{d}")))).collect();
-    assert!(!standalone.is_empty(), "the arithmetic expert is a standalone model");
-    for domain in standalone {
-        let dir = repo(&format!("models/experts/{domain}"));
-        let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-        // Text of the expert's own domain: off-domain bytes drive a trained expert's
-        // logits far beyond the magnitudes the tolerance is derived for.
-        let text: String = split_problems(Split::Valid).iter().take(3).map(|p| p.document()).collect();
-        let ids = tok.encode_fast(text.as_str(), true).unwrap().get_ids().to_vec();
-        let diff = max_logit_difference(&dir, &ids);
-        assert!(diff < LOGIT_TOLERANCE, "{domain}: training and inference logits differ by {diff}");
-    }
+fn committed_arithmetic_expert_matches_its_training_forward() {
+    // The one standalone expert; the LoRA adapters have their own check in `lora_adapter.rs`.
+    let dir = repo("models/experts/arithmetic");
+    assert!(!is_adapter_dir(&dir), "the arithmetic expert is a standalone model");
+    let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    // Text of its own domain: off-domain bytes drive the trained expert's logits
+    // far beyond the magnitudes the tolerance is derived for.
+    let text: String = split_problems(Split::Valid).iter().take(3).map(|p| p.document()).collect();
+    let ids = tok.encode_fast(text.as_str(), true).unwrap().get_ids().to_vec();
+    let diff = max_logit_difference(&dir, &ids);
+    assert!(diff < LOGIT_TOLERANCE, "training and inference logits differ by {diff}");
 }
 
 /// Each arithmetic problem is one training document, BOS first, so that the
@@ -126,7 +121,7 @@ fn arithmetic_documents_are_encoded_as_at_inference() {
     let tok = tokenizers::Tokenizer::from_file(repo("models/experts/arithmetic/tokenizer.json")).unwrap();
     let problems: Vec<_> = split_problems(Split::Valid).into_iter().take(3).collect();
     let text: String = problems.iter().map(|p| p.document()).collect();
-    let ids = encode_text(&tok, &text, Some("Q: ")).unwrap();
+    let ids = encode_text(&tok, &text, Some(QUESTION_START)).unwrap();
     let mut expected = Vec::new();
     for p in &problems {
         let prompt = tok.encode_fast(p.prompt(), true).unwrap().get_ids().to_vec();

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use moe_edge::experts::arithmetic::QUESTION_START;
 use moe_edge::experts::lora::{LoraShape, LoraTrainModel};
 use moe_edge::experts::model::{ExpertConfig, TrainModel};
 use moe_edge::experts::train::{TrainOptions, TrainPaths, Trainable, encode_text, train};
@@ -42,10 +43,6 @@ pub struct TrainExpertArgs {
     /// Rank of the LoRA adapter (with `--base`).
     #[arg(long, default_value_t = LoraShape::default().rank)]
     rank: usize,
-    /// Start from the weights of a saved model of the same shape (its
-    /// `model.safetensors`, e.g. a checkpoint) instead of a seeded initialisation.
-    #[arg(long, conflicts_with = "base")]
-    init: Option<PathBuf>,
     /// Use the tiny smoke-test shape instead of the shipped one.
     #[arg(long)]
     tiny: bool,
@@ -62,7 +59,7 @@ pub fn run(args: TrainExpertArgs) -> Result<()> {
     anyhow::ensure!(DOMAINS.contains(&args.domain.as_str()), "unknown domain {:?}", args.domain);
     let cache = args.cache.unwrap_or_else(corpus::cache_dir);
     // Each arithmetic problem (question and answer line) is a document of its own.
-    let document_start = (args.domain == "arithmetic").then_some("Q: ");
+    let document_start = (args.domain == "arithmetic").then_some(QUESTION_START);
     let train_text = corpus::read_split(&cache, &args.domain, corpus::Split::Train)?;
     let train_text = corpus::prefix_lines(&train_text, args.max_train_bytes);
     let valid_text = corpus::read_split(&cache, &args.domain, corpus::Split::Valid)?;
@@ -80,12 +77,7 @@ pub fn run(args: TrainExpertArgs) -> Result<()> {
                 .with_context(|| format!("loading {}", args.tokenizer.display()))?;
             let vocab = tokenizer.get_vocab_size(true);
             let cfg = if args.tiny { ExpertConfig::tiny(vocab) } else { ExpertConfig::expert(vocab) };
-            let model = match &args.init {
-                Some(dir) => TrainModel::load(cfg, &dir.join("model.safetensors"))
-                    .with_context(|| format!("loading the initial weights from {}", dir.display()))?,
-                None => TrainModel::new(cfg, args.seed)?,
-            };
-            (Box::new(model), tokenizer, Some(args.tokenizer.clone()))
+            (Box::new(TrainModel::new(cfg, args.seed)?), tokenizer, Some(args.tokenizer.clone()))
         }
     };
     let train_ids = encode_text(&tokenizer, train_text, document_start)?;
