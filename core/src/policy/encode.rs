@@ -14,7 +14,8 @@
 //! T_edge      = seconds of edge compute the subtask occupies (the paper's compute cost:
 //!               generated tokens × a per-token coefficient, here 1 / edge tokens/s)
 //! w(battery)  = 0.25 while charging, else 1 + 2 · (1 − battery)
-//! deadline    = 2 s + expected output tokens / 10 tokens/s
+//! deadline    = 2 s + output tokens / 10 tokens/s    (the answer's realised length:
+//!               the time its reader needs; the runtime can only use its estimate)
 //! latency     = [RTT + T_uplink + T_downlink] + T_work · (1 + jobs ahead)
 //! T_work      = prompt / (3.30 · v) + output / v,   v = tokens/s · (1 − load) [· (1 − 0.44 · thermal) on the phone]
 //! ```
@@ -34,7 +35,8 @@
 //! Pair `(m, n)` sits at index `n * MAX_MODELS + m`. The features are the
 //! phone's own estimate of that pair's quality, latency and costs (from the
 //! observation only: expected output length, measured goodput), plus how much
-//! of the request is still to come (later subtasks queue behind this one).
+//! of the request is still to come and how much estimated reward the later
+//! subtasks would lose if this one joined the pair's node (they queue behind it).
 
 use super::{DeviceState, NodeState, Observation, Placement, PolicyError, QualityTable};
 
@@ -47,7 +49,7 @@ pub const MAX_DOMAINS: usize = 6;
 /// Number of (model, node) pairs in an encoded subtask.
 pub const MAX_PAIRS: usize = MAX_NODES * MAX_MODELS;
 /// Features per (model, node) pair.
-pub const PAIR_FEATURES: usize = 17;
+pub const PAIR_FEATURES: usize = 18;
 
 /// Prefill runs this many times faster than decode: 147 / 44.5 tokens/s,
 /// measured with `moe-edge bench` (SmolLM2-135M Q4_1, 2 threads, 512-token prompt).
@@ -104,9 +106,10 @@ pub struct PairCost {
     pub output_s: f32,
 }
 
-/// The deadline of a subtask, in seconds.
-pub fn deadline_s(expected_output_tokens: f32) -> f32 {
-    DEADLINE_BASE_S + expected_output_tokens / DEADLINE_TOKENS_PER_S
+/// The deadline of an answer `output_tokens` long, in seconds: 2 s to start,
+/// then the time a reader needs for it.
+pub fn deadline_s(output_tokens: f32) -> f32 {
+    DEADLINE_BASE_S + output_tokens / DEADLINE_TOKENS_PER_S
 }
 
 /// How much a joule of phone energy weighs given the battery.
@@ -152,9 +155,10 @@ pub fn pair_cost(
     PairCost { latency_s, phone_energy_j, edge_s: work_s, transfer_s: up_s + down_s, output_s: decode_s + down_s }
 }
 
-/// The reward of one subtask (see the module docs for the formula).
-pub fn reward(quality: f32, cost: &PairCost, deadline_s: f32, device: &DeviceState) -> f32 {
-    let missed = if cost.latency_s > deadline_s { MISS_PENALTY } else { 0.0 };
+/// The reward of one subtask whose answer is `output_tokens` long (see the
+/// module docs for the formula).
+pub fn reward(quality: f32, cost: &PairCost, output_tokens: f32, device: &DeviceState) -> f32 {
+    let missed = if cost.latency_s > deadline_s(output_tokens) { MISS_PENALTY } else { 0.0 };
     quality - LAMBDA_ENERGY * battery_weight(device) * cost.phone_energy_j - LAMBDA_EDGE * cost.edge_s - missed
 }
 
@@ -233,6 +237,7 @@ impl<'a> RequestEncoder<'a> {
         let later = &self.obs.subtasks[s + 1..];
         let later_subtasks = later.len() as f32 / 2.0;
         let later_output = later.iter().map(|l| l.expected_output_tokens as f32).sum::<f32>() / 1024.0;
+        let crowding = self.crowding(s);
         let mut enc = Encoded { features: [[0.0; PAIR_FEATURES]; MAX_PAIRS], mask: [false; MAX_PAIRS] };
         for (n, node) in self.obs.nodes.iter().enumerate() {
             let ahead = node.queue + self.placed[n];
@@ -260,10 +265,52 @@ impl<'a> RequestEncoder<'a> {
                     cost.output_s / latency,
                     later_subtasks,
                     later_output,
+                    crowding[n] / 10.0,
                 ];
             }
         }
         enc
+    }
+
+    /// The estimated reward the phone expects for subtask `l` on its best pair
+    /// of node `n` with `extra` more jobs there than placed so far.
+    fn best_on_node(&self, l: usize, n: usize, extra: u32) -> f32 {
+        let sub = &self.obs.subtasks[l];
+        let node = &self.obs.nodes[n];
+        let out = sub.expected_output_tokens.max(1) as f32;
+        let ahead = node.queue + self.placed[n] + extra;
+        let cost = pair_cost(n, node, &self.obs.device, sub.prompt_tokens as f32, out, node.goodput_mbps, ahead);
+        let gate = normalised(&sub.gate);
+        let best_quality = (0..self.table.models.len())
+            .filter(|&m| self.hosted[n][m])
+            .map(|m| self.table.expected_quality(m, &gate))
+            .fold(f32::NEG_INFINITY, f32::max);
+        best_quality + reward(0.0, &cost, out, &self.obs.device)
+    }
+
+    /// Per node, how much estimated reward the subtasks after `s` lose if
+    /// subtask `s` joins that node's queue (each later subtask on its own
+    /// best pair, with and without the extra job).
+    fn crowding(&self, s: usize) -> [f32; MAX_NODES] {
+        let nodes = self.obs.nodes.len();
+        let mut loss = [0.0; MAX_NODES];
+        for l in s + 1..self.obs.subtasks.len() {
+            let mut now = [f32::NEG_INFINITY; MAX_NODES];
+            let mut crowded = [f32::NEG_INFINITY; MAX_NODES];
+            for n in (0..nodes).filter(|&n| self.hosted[n].iter().any(|&h| h)) {
+                now[n] = self.best_on_node(l, n, 0);
+                crowded[n] = self.best_on_node(l, n, 1);
+            }
+            let best_now = now.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            for n in 0..nodes {
+                let others = (0..nodes).filter(|&o| o != n).map(|o| now[o]).fold(f32::NEG_INFINITY, f32::max);
+                let best_then = crowded[n].max(others);
+                if best_now.is_finite() && best_then.is_finite() {
+                    loss[n] += best_now - best_then;
+                }
+            }
+        }
+        loss
     }
 
     /// Records that subtask `s` goes to pair `i` and returns its placement.
@@ -382,6 +429,22 @@ mod tests {
     }
 
     #[test]
+    fn crowding_shows_what_later_subtasks_lose() {
+        let table = QualityTable::synthetic(3);
+        let mut o = obs();
+        // A phone this slow misses every deadline: the later subtask belongs on the server.
+        o.nodes[0].tokens_per_s = 1.0;
+        let (base, code) = (table.model_index("base").unwrap(), table.model_index("code").unwrap());
+        let e = RequestEncoder::new(&table, &o).unwrap();
+        let crowding = |enc: &Encoded, i: usize| enc.features[i][PAIR_FEATURES - 1];
+        let first = e.encode(0);
+        assert_eq!(crowding(&first, pair_index(base, 0)), 0.0);
+        assert!(crowding(&first, pair_index(code, 1)) > 0.0);
+        let last = e.encode(1);
+        assert!(last.available().all(|i| crowding(&last, i) == 0.0), "nothing comes after the last subtask");
+    }
+
+    #[test]
     fn costs_follow_the_physics() {
         let d = DeviceState::default();
         let phone = node(0.0, 0.0, &["base"], 44.5);
@@ -394,7 +457,9 @@ mod tests {
         assert!(c.latency_s > 2.05 && c.edge_s > 0.99 && c.edge_s < 1.01);
         assert!((c.transfer_s - 100.0 * 48.0 / 10e6).abs() < 1e-6 && c.output_s > c.transfer_s);
         let late = PairCost { latency_s: 10.0, phone_energy_j: 0.0, edge_s: 0.0, transfer_s: 0.0, output_s: 0.0 };
-        assert_eq!(reward(5.0, &late, 5.0, &d), 5.0 - MISS_PENALTY);
+        // 10 s is late for 79 tokens (2 s + 7.9 s) and on time for 80.
+        assert_eq!(reward(5.0, &late, 79.0, &d), 5.0 - MISS_PENALTY);
+        assert_eq!(reward(5.0, &late, 80.0, &d), 5.0);
     }
 
     #[test]

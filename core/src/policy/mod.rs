@@ -75,7 +75,9 @@ pub struct SubtaskInfo {
     pub gate: Vec<f32>,
     /// Prompt length in tokens.
     pub prompt_tokens: usize,
-    /// Expected answer length in tokens.
+    /// Expected answer length in tokens. The engine reports the request's
+    /// cap (`max_tokens`); answers often end sooner, and the simulator draws
+    /// their realised length below the cap.
     pub expected_output_tokens: usize,
 }
 

@@ -54,10 +54,11 @@ pub struct SacConfig {
     pub buffer_size: usize,
     /// Transitions per gradient step.
     pub batch_size: usize,
-    /// Discount between the subtasks of one request. 0 by default: requests
-    /// are independent and a subtask's reward follows from its own placement
-    /// (given the earlier ones), so this is a contextual bandit and the
-    /// critic's target is the reward itself.
+    /// Discount between the subtasks of one request (requests are
+    /// independent). 1 by default: a placement is worth its own reward plus
+    /// the later subtasks' rewards, which it changes by crowding their nodes.
+    /// With 0 the critic's target is the subtask's own reward (a contextual
+    /// bandit), and the actor cannot learn to leave a node to a later subtask.
     pub gamma: f32,
     /// Polyak averaging rate of the target critics.
     pub tau: f32,
@@ -93,7 +94,7 @@ impl Default for SacConfig {
             requests_per_episode: 32,
             buffer_size: 100_000,
             batch_size: 128,
-            gamma: 0.0,
+            gamma: 1.0,
             tau: 0.005,
             actor_lr: 3e-4,
             critic_lr: 1e-3,

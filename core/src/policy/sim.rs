@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::encode::{MAX_MODELS, MAX_NODES, RequestEncoder, deadline_s, normalised, pair_cost, pair_index, reward};
+use super::encode::{MAX_MODELS, MAX_NODES, RequestEncoder, normalised, pair_cost, pair_index, reward};
 use super::{DeviceState, NodeState, Observation, Placement, Policy, PolicyError, QualityTable, SubtaskInfo};
 
 /// Our measured decode speed of the base model on this 2-core machine, tokens/s
@@ -48,11 +48,23 @@ pub const EDGE_LOAD: (f32, f32) = (0.0, 0.8);
 pub const EDGE_QUEUE_MAX: u32 = 4;
 /// Prompt length range of a subtask, tokens (assumption; fits the base model's 2048-token window).
 pub const PROMPT_TOKENS: (usize, usize) = (16, 1024);
-/// Expected answer length range, tokens (assumption).
+/// Range of the answer cap (`max_tokens`) an app asks for, tokens
+/// (assumption). The runtime reports the cap as the expected output length.
 pub const OUTPUT_TOKENS: (usize, usize) = (16, 512);
-/// Spread of the realised answer length around the expected one: log-normal
-/// with this σ (assumption: the phone predicts the length to about ±30 %).
-pub const OUTPUT_SPREAD: f32 = 0.3;
+/// Median length of an answer left to end on its own, tokens, and the σ of its
+/// logarithm: a log-normal fitted (maximum likelihood, answers at the cap
+/// counted as censored) to our measurement of the base model answering 24
+/// everyday prompts through its chat template (`moe-edge generate --chat`,
+/// temperature 0.8, cap 256): 17 to 231 tokens, 6 of 24 at the cap.
+/// Reproduce with `core/scripts/answer_lengths.py`.
+pub const ANSWER_TOKENS_LOG_NORMAL: (f32, f32) = (117.0, 1.08);
+
+/// A realised answer length for a subtask capped at `cap` tokens: the model's
+/// own length ([`ANSWER_TOKENS_LOG_NORMAL`]), cut at the cap.
+fn answer_tokens(cap: usize, rng: &mut StdRng) -> f32 {
+    let (median, sigma) = ANSWER_TOKENS_LOG_NORMAL;
+    (median * (sigma * normal(rng)).exp()).clamp(1.0, cap.max(1) as f32)
+}
 /// How sharply the gate singles out a subtask's main domain: logit boost of
 /// the main domain over standard-normal noise (assumption).
 pub const GATE_SHARPNESS: f32 = 3.0;
@@ -183,7 +195,7 @@ impl Scenario {
                 prompt_tokens: rng.random_range(PROMPT_TOKENS.0..=PROMPT_TOKENS.1),
                 expected_output_tokens: expected,
             });
-            output_tokens.push((expected as f32 * (OUTPUT_SPREAD * normal(&mut rng)).exp()).max(1.0));
+            output_tokens.push(answer_tokens(expected, &mut rng));
         }
         Scenario { obs: Observation { subtasks, nodes, device }, output_tokens, goodput_mbps: goodput }
     }
@@ -256,7 +268,7 @@ fn outcome_reward(
     );
     placed[n] += 1;
     let quality = table.expected_quality(m, &normalised(&sub.gate));
-    reward(quality, &cost, deadline_s(sub.expected_output_tokens.max(1) as f32), &obs.device)
+    reward(quality, &cost, output_tokens[s], &obs.device)
 }
 
 /// The pair indices any subtask of `obs` may use (the same for every subtask).
@@ -341,11 +353,7 @@ impl ExpectedCostOracle {
         let mut rng = StdRng::seed_from_u64(0x0c05_7e57);
         (0..self.samples)
             .map(|_| {
-                let out = obs
-                    .subtasks
-                    .iter()
-                    .map(|s| (s.expected_output_tokens as f32 * (OUTPUT_SPREAD * normal(&mut rng)).exp()).max(1.0))
-                    .collect();
+                let out = obs.subtasks.iter().map(|s| answer_tokens(s.expected_output_tokens, &mut rng)).collect();
                 let goodput = obs
                     .nodes
                     .iter()

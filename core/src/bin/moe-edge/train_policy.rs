@@ -39,7 +39,7 @@ pub struct TrainPolicyArgs {
     /// Requests per episode.
     #[arg(long)]
     requests_per_episode: Option<usize>,
-    /// Discount between the subtasks of a request (default 0: each subtask's own reward).
+    /// Discount between the subtasks of a request (default 1: the whole request's reward).
     #[arg(long)]
     gamma: Option<f32>,
     /// Seed of the whole run (initialisation, exploration, training scenarios); < 2^31.

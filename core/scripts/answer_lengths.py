@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Measures how long the base model's answers are when left to end on their own,
+and fits the log-normal the policy simulator draws answer lengths from
+(`ANSWER_TOKENS_LOG_NORMAL` in core/src/policy/sim.rs).
+
+Each prompt below is answered once with `moe-edge generate --chat` (temperature
+0.8, seed = the prompt's number, cap --max-tokens). Answers that reach the cap
+are counted as censored: their own length is at least the cap. The fit is the
+maximum-likelihood log-normal over a fine grid of (log-median, sigma).
+
+Usage: core/scripts/answer_lengths.py [--model GGUF] [--bin MOE_EDGE] [--max-tokens 256] [--out FILE.json]
+"""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+
+# Everyday requests an app might send; not chosen for their answers' lengths.
+PROMPTS = [
+    "What is the capital of France? Answer in one sentence.",
+    "Write a Python function that reverses a string.",
+    "Define entropy.",
+    "Explain why the sky is blue.",
+    "Give me three tips for sleeping better.",
+    "Summarize the plot of Romeo and Juliet.",
+    "What does HTTP stand for?",
+    "Write a haiku about autumn.",
+    "How do I sort a list of dictionaries by a key in Python?",
+    "What is the difference between a virus and a bacterium?",
+    'Translate "good morning" into Spanish.',
+    "Write a short email declining a meeting invitation.",
+    "Define photosynthesis.",
+    "What is 17 * 23?",
+    "Write a SQL query that counts the rows of a table named users.",
+    "Describe a cat in two sentences.",
+    "Why do we have seasons?",
+    "Write a JavaScript function that checks whether a number is prime.",
+    "What are the benefits of regular exercise?",
+    'Define the word "ubiquitous".',
+    "Tell me a fun fact about octopuses.",
+    "How does a refrigerator keep food cold?",
+    "Write a bash command that counts the lines in a file.",
+    "What should I pack for a weekend hiking trip?",
+]
+
+
+def answer_length(binary, model, prompt, cap, seed):
+    """Generated tokens and stop reason of one answer."""
+    cmd = [binary, "--threads", "2", "generate", "--model", model, "--chat",
+           "--max-tokens", str(cap), "--seed", str(seed), "--report-json", prompt]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    report = json.loads(done.stderr.strip().splitlines()[-1])
+    return report["generated_tokens"], report["stop_reason"]
+
+
+def fit_censored_log_normal(lengths, cap):
+    """Maximum-likelihood (median, sigma) with answers at the cap censored."""
+    logs = [math.log(n) for n in lengths if n < cap]
+    censored = sum(1 for n in lengths if n >= cap)
+    log_cap = math.log(cap)
+
+    def log_likelihood(mu, sigma):
+        exact = sum(-math.log(sigma) - 0.5 * ((y - mu) / sigma) ** 2 for y in logs)
+        tail = 0.5 * math.erfc((log_cap - mu) / (sigma * math.sqrt(2)))
+        return exact + censored * math.log(max(tail, 1e-300))
+
+    grid = ((mu / 100, s / 100) for mu in range(100, 700) for s in range(5, 300))
+    mu, sigma = max(grid, key=lambda p: log_likelihood(*p))
+    return math.exp(mu), sigma
+
+
+def main():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cache = os.environ.get("MOE_EDGE_CACHE", os.path.expanduser("~/.cache/moe-edge"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=os.path.join(cache, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    parser.add_argument("--bin", default=os.path.join(root, "target", "release", "moe-edge"))
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--out", help="also write the lengths and the fit here as JSON")
+    args = parser.parse_args()
+
+    lengths = []
+    for i, prompt in enumerate(PROMPTS, start=1):
+        n, stop = answer_length(args.bin, args.model, prompt, args.max_tokens, i)
+        lengths.append(n)
+        print(f"[{i:2}/{len(PROMPTS)}] {n:4} tokens ({stop})  {prompt}", flush=True)
+    median, sigma = fit_censored_log_normal(lengths, args.max_tokens)
+    at_cap = sum(1 for n in lengths if n >= args.max_tokens)
+    print(f"{len(lengths)} answers, {min(lengths)}..{max(lengths)} tokens, {at_cap} at the cap of {args.max_tokens}")
+    print(f"censored log-normal fit: median {median:.0f} tokens, sigma {sigma:.2f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"max_tokens": args.max_tokens, "lengths": lengths,
+                       "median_tokens": median, "sigma": sigma}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
