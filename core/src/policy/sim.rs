@@ -59,12 +59,6 @@ pub const OUTPUT_TOKENS: (usize, usize) = (16, 512);
 /// Reproduce with `core/scripts/answer_lengths.py`.
 pub const ANSWER_TOKENS_LOG_NORMAL: (f32, f32) = (117.0, 1.08);
 
-/// A realised answer length for a subtask capped at `cap` tokens: the model's
-/// own length ([`ANSWER_TOKENS_LOG_NORMAL`]), cut at the cap.
-fn answer_tokens(cap: usize, rng: &mut StdRng) -> f32 {
-    let (median, sigma) = ANSWER_TOKENS_LOG_NORMAL;
-    (median * (sigma * normal(rng)).exp()).clamp(1.0, cap.max(1) as f32)
-}
 /// How sharply the gate singles out a subtask's main domain: logit boost of
 /// the main domain over standard-normal noise (assumption).
 pub const GATE_SHARPNESS: f32 = 3.0;
@@ -137,6 +131,13 @@ fn normal(rng: &mut StdRng) -> f32 {
     let u1: f32 = rng.random_range(f32::EPSILON..1.0);
     let u2: f32 = rng.random();
     (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}
+
+/// A realised answer length for a subtask capped at `cap` tokens: the model's
+/// own length ([`ANSWER_TOKENS_LOG_NORMAL`]), cut at the cap.
+fn answer_tokens(cap: usize, rng: &mut StdRng) -> f32 {
+    let (median, sigma) = ANSWER_TOKENS_LOG_NORMAL;
+    (median * (sigma * normal(rng)).exp()).clamp(1.0, cap.max(1) as f32)
 }
 
 impl Scenario {
@@ -329,7 +330,7 @@ pub fn snr_db_for(mbps: f32) -> f32 {
 /// The best any policy that sees only the observation can do, estimated: for
 /// each request, the placement with the highest *expected* reward, where the
 /// expectation is over what the phone cannot see (each link's fading around
-/// its measured SNR, each answer's length around its expected one, drawn as
+/// its measured SNR, each answer's length below its cap, drawn as
 /// [`Scenario::sample`] draws them), estimated from `samples` draws shared by
 /// all candidate placements. `joint` searches every combination for the whole
 /// request; otherwise the subtasks are placed one after another, each on its
