@@ -9,6 +9,9 @@ are counted as censored: their own length is at least the cap. The fit is the
 maximum-likelihood log-normal over a fine grid of (log-median, sigma).
 
 Usage: core/scripts/answer_lengths.py [--model GGUF] [--bin MOE_EDGE] [--max-tokens 256] [--out FILE.json]
+--bin defaults to target/release/moe-edge, built by
+`cargo build --release -p moe-edge --features cli`; --model defaults to the
+base model fetched by models/fetch-base-model.sh.
 """
 
 import argparse
