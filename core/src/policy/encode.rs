@@ -272,20 +272,22 @@ impl<'a> RequestEncoder<'a> {
         enc
     }
 
-    /// The estimated reward the phone expects for subtask `l` on its best pair
-    /// of node `n` with `extra` more jobs there than placed so far.
-    fn best_on_node(&self, l: usize, n: usize, extra: u32) -> f32 {
+    /// The estimated reward of subtask `l` (with normalised gate `gate`) on
+    /// its best pair of node `n`, as things stand and with one more job there.
+    fn best_on_node(&self, l: usize, gate: &[f32], n: usize) -> (f32, f32) {
         let sub = &self.obs.subtasks[l];
         let node = &self.obs.nodes[n];
         let out = sub.expected_output_tokens.max(1) as f32;
-        let ahead = node.queue + self.placed[n] + extra;
-        let cost = pair_cost(n, node, &self.obs.device, sub.prompt_tokens as f32, out, node.goodput_mbps, ahead);
-        let gate = normalised(&sub.gate);
         let best_quality = (0..self.table.models.len())
             .filter(|&m| self.hosted[n][m])
-            .map(|m| self.table.expected_quality(m, &gate))
+            .map(|m| self.table.expected_quality(m, gate))
             .fold(f32::NEG_INFINITY, f32::max);
-        best_quality + reward(0.0, &cost, out, &self.obs.device)
+        let with_ahead = |ahead: u32| {
+            let cost = pair_cost(n, node, &self.obs.device, sub.prompt_tokens as f32, out, node.goodput_mbps, ahead);
+            best_quality + reward(0.0, &cost, out, &self.obs.device)
+        };
+        let ahead = node.queue + self.placed[n];
+        (with_ahead(ahead), with_ahead(ahead + 1))
     }
 
     /// Per node, how much estimated reward the subtasks after `s` lose if
@@ -295,11 +297,11 @@ impl<'a> RequestEncoder<'a> {
         let nodes = self.obs.nodes.len();
         let mut loss = [0.0; MAX_NODES];
         for l in s + 1..self.obs.subtasks.len() {
+            let gate = normalised(&self.obs.subtasks[l].gate);
             let mut now = [f32::NEG_INFINITY; MAX_NODES];
             let mut crowded = [f32::NEG_INFINITY; MAX_NODES];
             for n in (0..nodes).filter(|&n| self.hosted[n].iter().any(|&h| h)) {
-                now[n] = self.best_on_node(l, n, 0);
-                crowded[n] = self.best_on_node(l, n, 1);
+                (now[n], crowded[n]) = self.best_on_node(l, &gate, n);
             }
             let best_now = now.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             for n in 0..nodes {
