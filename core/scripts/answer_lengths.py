@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """Measures how long the base model's answers are when left to end on their own,
-and fits the log-normal the policy simulator draws answer lengths from
-(`ANSWER_TOKENS_LOG_NORMAL` in core/src/policy/sim.rs).
+and fits the log-normals the policy simulator draws answer lengths from
+(`ANSWER_TOKENS_MEDIAN` and the two `ANSWER_LOG_SIGMA_*` in core/src/policy/sim.rs).
 
-Each prompt below is answered once with `moe-edge generate --chat` (temperature
-0.8, seed = the prompt's number, cap --max-tokens). Answers that reach the cap
-are counted as censored: their own length is at least the cap. The fit is the
-maximum-likelihood log-normal over a fine grid of (log-median, sigma).
+Each prompt below is answered --samples times with `moe-edge generate --chat`
+(temperature 0.8, cap --max-tokens, seed = the prompt's number + 1000 * the
+sample's number). Answers that reach the cap are counted as censored: their
+own length is at least the cap. The overall fit is the maximum-likelihood
+log-normal over a fine grid of (log-median, sigma). With more than one sample
+per prompt the spread is split in two: sigma within a prompt (pooled standard
+deviation of the log-lengths of each prompt's answers, answers at the cap
+counted at the cap) and sigma between prompts (the rest: sqrt(sigma^2 - within^2)).
 
-Usage: core/scripts/answer_lengths.py [--model GGUF] [--bin MOE_EDGE] [--max-tokens 256] [--out FILE.json]
+Usage: core/scripts/answer_lengths.py [--model GGUF] [--bin MOE_EDGE] [--samples 4] [--max-tokens 512] [--out FILE.json]
 --bin defaults to target/release/moe-edge, built by
 `cargo build --release -p moe-edge --features cli`; --model defaults to the
 base model fetched by models/fetch-base-model.sh.
@@ -75,29 +79,48 @@ def fit_censored_log_normal(lengths, cap):
     return math.exp(mu), sigma
 
 
+def sigma_within(per_prompt):
+    """Pooled standard deviation of the log-lengths of each prompt's answers."""
+    squares, dof = 0.0, 0
+    for lengths in per_prompt:
+        logs = [math.log(n) for n in lengths]
+        mean = sum(logs) / len(logs)
+        squares += sum((y - mean) ** 2 for y in logs)
+        dof += len(logs) - 1
+    return math.sqrt(squares / dof)
+
+
 def main():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cache = os.environ.get("MOE_EDGE_CACHE", os.path.expanduser("~/.cache/moe-edge"))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=os.path.join(cache, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
     parser.add_argument("--bin", default=os.path.join(root, "target", "release", "moe-edge"))
-    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--samples", type=int, default=4, help="answers per prompt (seeds differ)")
+    parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--out", help="also write the lengths and the fit here as JSON")
     args = parser.parse_args()
 
-    lengths = []
+    per_prompt = []
     for i, prompt in enumerate(PROMPTS, start=1):
-        n, stop = answer_length(args.bin, args.model, prompt, args.max_tokens, i)
-        lengths.append(n)
-        print(f"[{i:2}/{len(PROMPTS)}] {n:4} tokens ({stop})  {prompt}", flush=True)
+        answers = [answer_length(args.bin, args.model, prompt, args.max_tokens, i + 1000 * k) for k in range(args.samples)]
+        per_prompt.append([n for n, _ in answers])
+        shown = ", ".join(f"{n} ({stop})" for n, stop in answers)
+        print(f"[{i:2}/{len(PROMPTS)}] {shown}  {prompt}", flush=True)
+    lengths = [n for answers in per_prompt for n in answers]
     median, sigma = fit_censored_log_normal(lengths, args.max_tokens)
     at_cap = sum(1 for n in lengths if n >= args.max_tokens)
     print(f"{len(lengths)} answers, {min(lengths)}..{max(lengths)} tokens, {at_cap} at the cap of {args.max_tokens}")
     print(f"censored log-normal fit: median {median:.0f} tokens, sigma {sigma:.2f}")
+    fit = {"max_tokens": args.max_tokens, "lengths": per_prompt, "median_tokens": median, "sigma": sigma}
+    if args.samples > 1:
+        within = sigma_within(per_prompt)
+        between = math.sqrt(max(sigma**2 - within**2, 0.0))
+        print(f"sigma within a prompt {within:.2f}, between prompts {between:.2f}")
+        fit.update(sigma_within_prompt=within, sigma_between_prompts=between)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"max_tokens": args.max_tokens, "lengths": lengths,
-                       "median_tokens": median, "sigma": sigma}, f, indent=1)
+            json.dump(fit, f, indent=1)
     return 0
 
 

@@ -10,7 +10,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use moe_edge::plot::{Series, bar_chart, line_chart};
 use moe_edge::policy::sac::{EpisodeLog, SacConfig, Trainer};
-use moe_edge::policy::sim::{Evaluation, ExpectedCostOracle, ScenarioConfig, evaluate};
+use moe_edge::policy::sim::{Evaluation, ScenarioConfig, evaluate};
 use moe_edge::policy::{ACTOR_FILE, Greedy, LocalOnly, Policy, QUALITY_FILE, QualityTable, RandomPolicy, SacActor};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -235,14 +235,10 @@ fn evaluate_held_out(
     let local = LocalOnly::new(table.clone());
     let random = RandomPolicy::new(table.clone(), args.seed);
     let greedy = Greedy::new(table.clone());
-    let joint = ExpectedCostOracle::new(table.clone(), args.oracle_samples, true);
-    let sequential = ExpectedCostOracle::new(table.clone(), args.oracle_samples, false);
-    let mut policies: Vec<&dyn Policy> = vec![&actor, &local, &random, &greedy];
-    if args.oracle_samples > 0 {
-        policies.extend([&joint as &dyn Policy, &sequential]);
-    }
-    let e = evaluate(table, &ScenarioConfig::training(), args.eval_scenarios, &policies)?;
-    let r = evaluate(table, &ScenarioConfig::reduced(), args.eval_scenarios, &policies)?;
+    let policies: [&dyn Policy; 4] = [&actor, &local, &random, &greedy];
+    let (n, samples) = (args.eval_scenarios, args.oracle_samples);
+    let e = evaluate(table, &ScenarioConfig::training(), n, &policies, samples)?;
+    let r = evaluate(table, &ScenarioConfig::reduced(), n, &policies, samples)?;
     Ok((e, r))
 }
 
