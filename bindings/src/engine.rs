@@ -232,7 +232,15 @@ impl Inner {
         }
         state.kv_reserved_bytes += bytes;
         state.active += 1;
+        self.give_experts_the_rest(&state);
         Ok(Reservation { inner: self, bytes })
+    }
+
+    /// Lets the on-device experts (a cache, evicted least recently used first)
+    /// hold what the base model and the reserved KV caches leave of the budget.
+    fn give_experts_the_rest(&self, state: &State) {
+        let budget = u64::from(self.config.memory_budget_mb) * MB;
+        self.engine.set_expert_memory_budget(budget.saturating_sub(self.weights_bytes + state.kv_reserved_bytes));
     }
 
     fn status(&self) -> EngineStatus {
@@ -244,8 +252,10 @@ impl Inner {
             local_experts: core.local_experts,
             threads: u32::try_from(rayon::current_num_threads()).unwrap_or(u32::MAX),
             memory_budget_mb: self.config.memory_budget_mb,
-            memory_in_use_mb: u32::try_from((self.weights_bytes + state.kv_reserved_bytes).div_ceil(MB))
-                .unwrap_or(u32::MAX),
+            memory_in_use_mb: u32::try_from(
+                (self.weights_bytes + core.loaded_expert_bytes + state.kv_reserved_bytes).div_ceil(MB),
+            )
+            .unwrap_or(u32::MAX),
             active_generations: state.active,
             device: state.device,
             edge_servers: core
@@ -317,6 +327,7 @@ impl Drop for Reservation<'_> {
         let mut state = self.inner.lock();
         state.kv_reserved_bytes -= self.bytes;
         state.active -= 1;
+        self.inner.give_experts_the_rest(&state);
     }
 }
 

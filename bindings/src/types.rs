@@ -345,7 +345,8 @@ pub struct EngineStatus {
     pub threads: u32,
     /// The memory budget, in MB.
     pub memory_budget_mb: u32,
-    /// Memory in use now (weights + KV caches of generations in flight), in MB.
+    /// Memory in use now (the base model, the loaded experts and the KV caches
+    /// of generations in flight), in MB.
     pub memory_in_use_mb: u32,
     /// Generations running now.
     pub active_generations: u32,

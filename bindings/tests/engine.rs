@@ -132,6 +132,10 @@ fn generates_cancels_and_budgets_on_the_phone() {
             GenerationEvent::SubtaskDone { subtask: 0, tokens: result.generated_tokens },
         ]
     );
+    // The prose adapter stays loaded and counts as what it holds in memory (about 11 MB, a 4 MB file).
+    let weights_mb = std::fs::metadata(path).unwrap().len().div_ceil(1 << 20) as u32;
+    let in_use = engine.status().memory_in_use_mb;
+    assert!(in_use >= weights_mb + 10, "{in_use} MB in use, the base model alone is {weights_mb} MB");
 
     let handle = CancelHandle::new();
     let rec = Arc::new(Recorder { cancel_at: Some((2, Arc::clone(&handle))), ..Recorder::default() });
@@ -151,7 +155,6 @@ fn generates_cancels_and_budgets_on_the_phone() {
     assert_eq!((status.policy.as_str(), status.threads), ("local-only", 2));
 
     // A budget that fits the weights but not the KV cache of this request.
-    let weights_mb = std::fs::metadata(path).unwrap().len().div_ceil(1 << 20) as u32;
     let tight = MoeEngine::new(EngineConfig { memory_budget_mb: weights_mb + 2, ..config(path) }).unwrap();
     let err = tight.generate(prompt.into(), greedy(64), Box::new(Tap(Arc::default())), None).unwrap_err();
     assert!(matches!(err, MoeError::Busy(_)), "{err:?}");

@@ -16,6 +16,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -96,7 +97,8 @@ pub struct EngineConfig {
     pub models_dir: PathBuf,
     /// Compute threads for local generation (`None`: the runtime's default).
     pub threads: Option<usize>,
-    /// Memory for on-device experts besides the base model, MiB.
+    /// Memory for on-device experts besides the base model, MiB (at the start;
+    /// [`Engine::set_expert_memory_budget`] changes it).
     pub memory_budget_mb: usize,
     /// Edge servers the phone may offload to (node `i + 1` in placements).
     pub edge_servers: Vec<EdgeServerConfig>,
@@ -238,6 +240,8 @@ pub struct EngineStatus {
     pub policy: String,
     /// Experts loaded on the phone now (the base model first).
     pub loaded_experts: Vec<String>,
+    /// Bytes of memory the loaded experts hold, the base model not counted.
+    pub loaded_expert_bytes: u64,
     /// Experts available on the phone.
     pub local_experts: Vec<String>,
     /// Every configured edge server.
@@ -290,8 +294,9 @@ struct LocalRunner {
     experts_dir: PathBuf,
     /// Checks each expert's files before it is loaded.
     manifest: Manifest,
-    budget_bytes: u64,
-    /// Loaded experts, least recently used first: (id, model, size on disk).
+    /// Memory the loaded experts may hold, bytes (see [`Engine::set_expert_memory_budget`]).
+    budget_bytes: AtomicU64,
+    /// Loaded experts, least recently used first: (id, model, bytes it holds).
     loaded: Mutex<Vec<(String, Arc<LocalModel>, u64)>>,
     tokens_per_s: Mutex<f32>,
 }
@@ -313,19 +318,24 @@ impl LocalRunner {
             return Ok(model);
         }
         let dir = self.manifest.verify(id)?;
-        let size = dir_size(&dir);
-        while !loaded.is_empty() && loaded.iter().map(|e| e.2).sum::<u64>() + size > self.budget_bytes {
-            let (evicted, _, _) = loaded.remove(0);
-            tracing::debug!(evicted, "expert evicted (memory budget)");
-        }
         let model = Arc::new(LocalModel::load_expert(&dir, &self.base)?);
+        // What it holds in memory (an adapter's f32 matrices take 2-3 times its f16 file).
+        let size = model.llama().own_weight_bytes();
+        self.evict_to_fit(&mut loaded, size);
+        tracing::debug!(expert = id, bytes = size, "expert loaded");
         loaded.push((id.to_owned(), model.clone(), size));
         Ok(model)
     }
-}
 
-fn dir_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir).map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
+    /// Evicts the least recently used experts until `incoming` more bytes fit
+    /// the budget (an expert larger than the whole budget still loads, alone).
+    fn evict_to_fit(&self, loaded: &mut Vec<(String, Arc<LocalModel>, u64)>, incoming: u64) {
+        let budget = self.budget_bytes.load(Ordering::Relaxed);
+        while !loaded.is_empty() && loaded.iter().map(|e| e.2).sum::<u64>() + incoming > budget {
+            let (evicted, _, bytes) = loaded.remove(0);
+            tracing::debug!(evicted, bytes, "expert evicted (memory budget)");
+        }
+    }
 }
 
 /// Streams subtask text to the listener in subtask order: the lowest unfinished
@@ -499,7 +509,7 @@ impl Engine {
                 base,
                 experts_dir: config.models_dir.join("experts"),
                 manifest,
-                budget_bytes: config.memory_budget_mb as u64 * 1024 * 1024,
+                budget_bytes: AtomicU64::new(config.memory_budget_mb as u64 * 1024 * 1024),
                 loaded: Mutex::new(Vec::new()),
                 tokens_per_s: Mutex::new(INITIAL_LOCAL_TOKENS_PER_S),
             },
@@ -519,6 +529,20 @@ impl Engine {
         *self.device.lock().expect("device lock") = state;
     }
 
+    /// Sets the memory the on-device experts may hold, in bytes, and evicts the
+    /// least recently used ones beyond it at once (the FFI layer shrinks it
+    /// while generations hold KV caches). An evicted expert that a generation
+    /// is still using is freed when that generation ends.
+    pub fn set_expert_memory_budget(&self, bytes: u64) {
+        self.runner.budget_bytes.store(bytes, Ordering::Relaxed);
+        self.runner.evict_to_fit(&mut self.runner.loaded.lock().expect("runner lock"), 0);
+    }
+
+    /// Bytes of memory the loaded experts hold now (the base model not counted).
+    pub fn loaded_expert_bytes(&self) -> u64 {
+        self.runner.loaded.lock().expect("runner lock").iter().map(|e| e.2).sum()
+    }
+
     /// A snapshot: policy, loaded experts, edge links, device state.
     pub fn status(&self) -> EngineStatus {
         let mut loaded_experts = vec![BASE_EXPERT.to_owned()];
@@ -526,6 +550,7 @@ impl Engine {
         EngineStatus {
             policy: self.policy.name().to_owned(),
             loaded_experts,
+            loaded_expert_bytes: self.loaded_expert_bytes(),
             local_experts: self.runner.hosted(),
             edge: self
                 .clients

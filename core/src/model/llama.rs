@@ -47,6 +47,20 @@ impl Linear {
             Self::Q4_1(m) => m.forward(xs),
         }
     }
+
+    /// Bytes its weight takes in memory.
+    fn bytes(&self) -> u64 {
+        match self {
+            Self::Candle(QMatMul::QTensor(q)) => q.storage_size_in_bytes() as u64,
+            Self::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => tensor_bytes(t),
+            Self::Q4_1(m) => m.bytes(),
+        }
+    }
+}
+
+/// Bytes a tensor's elements take in memory.
+pub(crate) fn tensor_bytes(t: &Tensor) -> u64 {
+    (t.elem_count() * t.dtype().size_in_bytes()) as u64
 }
 
 /// The token embedding table, kept quantized when it comes from a GGUF file.
@@ -68,6 +82,13 @@ impl Embedding {
             }
         }
     }
+
+    fn bytes(&self) -> u64 {
+        match self {
+            Self::Quantized(q) => q.storage_size_in_bytes() as u64,
+            Self::Dense(t) => tensor_bytes(t),
+        }
+    }
 }
 
 /// One decoder layer, with q/k/v and gate/up fused into single matmuls.
@@ -78,6 +99,13 @@ pub(crate) struct Layer {
     pub(crate) ffn_norm: Tensor,
     pub(crate) gate_up: Linear,
     pub(crate) down: Linear,
+}
+
+impl Layer {
+    fn bytes(&self) -> u64 {
+        let linears = [&self.qkv, &self.attn_out, &self.gate_up, &self.down];
+        tensor_bytes(&self.attn_norm) + tensor_bytes(&self.ffn_norm) + linears.iter().map(|l| l.bytes()).sum::<u64>()
+    }
 }
 
 /// A loaded Llama-family decoder, optionally with a LoRA adapter. The weights
@@ -131,6 +159,19 @@ impl Llama {
             sin,
             adapter: None,
         })
+    }
+
+    /// Bytes of memory this model holds that no other model shares: its
+    /// adapter's if it has one (the base weights are shared, see
+    /// [`Llama::with_adapter`]), else every weight and table.
+    pub fn own_weight_bytes(&self) -> u64 {
+        if let Some(adapter) = &self.adapter {
+            return adapter.bytes();
+        }
+        // A tied head is the embedding table itself.
+        let head = if self.cfg.tie_word_embeddings { 0 } else { self.lm_head.bytes() };
+        let tables = [&self.norm, &self.cos, &self.sin].into_iter().map(tensor_bytes).sum::<u64>();
+        self.embedding.bytes() + self.layers.iter().map(Layer::bytes).sum::<u64>() + head + tables
     }
 
     /// This decoder's weights with `adapter` applied (replacing any adapter it has).

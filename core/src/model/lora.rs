@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ModelError;
 use super::config::LlamaConfig;
+use super::llama::tensor_bytes;
 
 /// File name of an adapter's configuration.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -57,6 +58,10 @@ pub(crate) struct LowRank {
 }
 
 impl LowRank {
+    fn bytes(&self) -> u64 {
+        tensor_bytes(&self.a_t) + tensor_bytes(&self.b_t)
+    }
+
     /// Adds the update of `xs` to `base_out`.
     pub(crate) fn add_to(&self, base_out: Tensor, xs: &Tensor) -> candle_core::Result<Tensor> {
         base_out + xs.broadcast_matmul(&self.a_t)?.broadcast_matmul(&self.b_t)?
@@ -78,6 +83,12 @@ pub struct Adapter {
 }
 
 impl Adapter {
+    /// Bytes its matrices take in memory (f32, fused as the runtime uses them).
+    pub(crate) fn bytes(&self) -> u64 {
+        let parts = self.layers.iter().flat_map(|l| [&l.qkv, &l.attn_out, &l.gate_up, &l.down]);
+        parts.flatten().map(LowRank::bytes).sum()
+    }
+
     /// Reads the adapter in `dir` and checks it against the base model's shape.
     pub fn load(dir: &Path, cfg: &LlamaConfig) -> Result<Self, ModelError> {
         let config_path = dir.join(ADAPTER_CONFIG);

@@ -52,6 +52,11 @@ impl Q4_1Matrix {
         Ok(Self { weight, rows, blocks_per_row })
     }
 
+    /// Bytes its blocks take in memory.
+    pub fn bytes(&self) -> u64 {
+        self.weight.storage_size_in_bytes() as u64
+    }
+
     fn cols(&self) -> usize {
         self.blocks_per_row * BLOCK
     }
