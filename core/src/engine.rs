@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::gate::{Gate, GateError, decompose};
+use crate::gate::{ARITHMETIC_EXPERT, Gate, GateError, arithmetic_question, decompose};
 use crate::manifest::{Manifest, ManifestError};
 use crate::model::lora::is_adapter_dir;
 use crate::model::{CancelToken, GenerateOptions, LocalModel, ModelError, StopReason};
@@ -604,12 +604,19 @@ impl Engine {
         if subtasks.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
+        // Arithmetic asked in words, in the arithmetic expert's question form.
+        let questions: Vec<Option<String>> = subtasks.iter().map(|s| arithmetic_question(&s.text)).collect();
+        // What subtask `i` is asked as: the question form for the arithmetic expert, the words for any other.
+        let prompt_for = |i: usize, expert: &str| match &questions[i] {
+            Some(q) if expert == ARITHMETIC_EXPERT => q.as_str(),
+            _ => subtasks[i].text.as_str(),
+        };
         let mut infos = Vec::with_capacity(subtasks.len());
-        for s in &subtasks {
+        for (s, question) in subtasks.iter().zip(&questions) {
             let prompt_tokens = self.runner.base.prompt_tokens(&s.text, options.chat)?.len();
             infos.push(SubtaskInfo {
                 gate: match &self.gate {
-                    Some(g) => g.probabilities(&s.text)?,
+                    Some(g) => g.probabilities(question.as_deref().unwrap_or(&s.text))?,
                     None => Vec::new(),
                 },
                 prompt_tokens,
@@ -685,7 +692,8 @@ impl Engine {
             });
             for &i in &remote {
                 let (sink, queue, fallbacks, stop, complete) = (&sink, &queue, &fallbacks, &stop, &complete);
-                let (placement, text) = (&placements[i], &subtasks[i].text);
+                let placement = &placements[i];
+                let text = prompt_for(i, &placement.expert);
                 scope.spawn(move || {
                     let client = &self.clients[placement.node - 1];
                     let (request, deadline) = remote_request(&placement.expert, text, options);
@@ -705,7 +713,7 @@ impl Engine {
                         Ok(r) => {
                             let report = SubtaskReport {
                                 index: i,
-                                prompt: text.clone(),
+                                prompt: text.to_owned(),
                                 text: received,
                                 expert: placement.expert.clone(),
                                 node: placement.node,
@@ -745,7 +753,7 @@ impl Engine {
                 }
                 let fallback = fallbacks.lock().expect("fallbacks lock")[i].clone();
                 let expert = if fallback.is_some() { BASE_EXPERT } else { placements[i].expert.as_str() };
-                match self.run_local(i, &subtasks[i].text, expert, options, &sink, &stop, start) {
+                match self.run_local(i, prompt_for(i, expert), expert, options, &sink, &stop, start) {
                     Ok(mut report) => {
                         report.placed = placements[i].clone();
                         report.fallback = fallback;

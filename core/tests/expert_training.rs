@@ -7,10 +7,11 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use moe_edge::experts::arithmetic::{QUESTION_START, split_problems};
+use moe_edge::experts::arithmetic::split_problems;
 use moe_edge::experts::corpus::Split;
 use moe_edge::experts::model::{ExpertConfig, TrainModel};
 use moe_edge::experts::train::{TrainOptions, TrainPaths, encode_text, train};
+use moe_edge::gate::QUESTION_START;
 use moe_edge::model::LocalModel;
 use moe_edge::model::lora::is_adapter_dir;
 

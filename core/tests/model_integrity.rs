@@ -2,7 +2,8 @@
 //! `models/manifest.json`: a copy of the models directory with one corrupted
 //! file at a time (an on-device expert, the gate, the SAC actor) gives
 //! `EngineError::Manifest`. Its memory budget counts what a loaded expert holds
-//! in memory, not its size on disk. Its own test binary (own process), so it
+//! in memory, not its size on disk. Arithmetic asked in words reaches the
+//! arithmetic expert in its question form. Its own test binary (own process), so it
 //! does not compete with the engine tests' edge server for the compute pool.
 
 mod common;
@@ -154,4 +155,28 @@ fn the_expert_budget_counts_memory_not_disk() {
     engine.set_expert_memory_budget(0);
     let status = engine.status();
     assert_eq!((status.loaded_experts, status.loaded_expert_bytes), (vec!["base".to_string()], 0));
+}
+
+#[test]
+fn arithmetic_in_words_reaches_the_arithmetic_expert() {
+    let Some(path) = common::base_model() else { return };
+    let config = EngineConfig {
+        base_model: path,
+        models_dir: models_dir(),
+        threads: None,
+        memory_budget_mb: 256,
+        edge_servers: Vec::new(),
+        policy: PolicyKind::LocalOnly,
+    };
+    // The committed gate and quality table choose the expert.
+    let engine = Engine::new(config).unwrap();
+    let prompt = "1. What is 482 + 397?\n2. Compute 56 times 7.\n3. Define entropy.";
+    let report = engine.generate(prompt, &options(96), &Silent, &CancelToken::new()).unwrap();
+    let routed: Vec<(&str, &str)> = report.subtasks.iter().map(|s| (s.expert.as_str(), s.prompt.as_str())).collect();
+    assert_eq!(routed[..2], [("arithmetic", "Q: 482+397\nA:"), ("arithmetic", "Q: 56*7\nA:")]);
+    assert!(report.subtasks[0].text.trim_end().ends_with("so 879"), "{:?}", report.subtasks[0].text);
+    assert!(report.subtasks[1].text.trim_end().ends_with("so 392"), "{:?}", report.subtasks[1].text);
+    // Every other expert is asked in words.
+    assert_ne!(routed[2].0, "arithmetic");
+    assert_eq!(routed[2].1, "Define entropy.");
 }

@@ -23,9 +23,6 @@ use rand::{Rng, SeedableRng};
 
 use super::corpus::Split;
 
-/// How every question begins: a line starting with it starts a new problem
-/// (one training document).
-pub const QUESTION_START: &str = "Q: ";
 /// Number of held-out test problems (the exact-match benchmark).
 pub const TEST_PROBLEMS: usize = 500;
 const VALID_PROBLEMS: usize = 1_000;
@@ -91,7 +88,7 @@ impl Problem {
 
     /// The question, as given to every model: `Q: 4821+397\nA:`.
     pub fn prompt(&self) -> String {
-        format!("{QUESTION_START}{}{}{}\nA:", self.a, self.symbol(), self.b)
+        crate::gate::question(self.a, self.symbol(), self.b)
     }
 
     /// The worked answer line (with a leading space and a final newline).

@@ -1,5 +1,7 @@
-//! The phone-side router: the decomposer that splits a prompt into subtasks and
-//! the gating network that scores how well each domain expert fits a subtask.
+//! The phone-side router: the decomposer that splits a prompt into subtasks,
+//! the rewriting of arithmetic asked in words into the arithmetic expert's
+//! question form, and the gating network that scores how well each domain
+//! expert fits a subtask.
 //!
 //! The gate is an embedding bag followed by a small MLP: the text is tokenized
 //! with the experts' byte-level BPE tokenizer, the embeddings of its tokens are
@@ -11,12 +13,14 @@
 //! ([`GateConfig`]), `gate.safetensors` (tensors [`EMBED`], [`FC1_WEIGHT`],
 //! [`FC1_BIAS`], [`FC2_WEIGHT`], [`FC2_BIAS`]) and `tokenizer.json`.
 
+mod arithmetic;
 mod decompose;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use arithmetic::{ARITHMETIC_EXPERT, QUESTION_START, arithmetic_question, question};
 pub use decompose::{Subtask, decompose};
 
 /// Name of the (vocab, dim) embedding table in `gate.safetensors`.

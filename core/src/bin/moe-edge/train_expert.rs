@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use moe_edge::experts::arithmetic::QUESTION_START;
 use moe_edge::experts::lora::{LoraShape, LoraTrainModel};
 use moe_edge::experts::model::{ExpertConfig, TrainModel};
 use moe_edge::experts::train::{TrainOptions, TrainPaths, Trainable, encode_text, train};
 use moe_edge::experts::{DOMAINS, corpus};
+use moe_edge::gate::QUESTION_START;
 
 /// Arguments of `moe-edge train-expert`.
 #[derive(Args)]
