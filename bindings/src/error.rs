@@ -72,6 +72,8 @@ impl MoeError {
             EngineError::EmptyPrompt => Self::InvalidInput(error.to_string()),
             EngineError::Model(e) => Self::from_generate(e),
             EngineError::Cancelled => Self::Cancelled,
+            // generate() answers with the base model instead; kept for completeness.
+            EngineError::OverMemoryBudget { .. } => Self::Busy(error.to_string()),
             EngineError::Offload(_) => Self::Network(error.to_string()),
             EngineError::Manifest(_) => Self::ModelLoad(error.to_string()),
             EngineError::Gate(_) | EngineError::Policy(_) | EngineError::Placement { .. } | EngineError::Runtime(_) => {

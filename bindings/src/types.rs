@@ -223,13 +223,14 @@ pub enum GenerationEvent {
         /// `"phone"` or the edge server's address.
         node: String,
     },
-    /// A remote subtask failed and is re-run on the phone's base model. The
+    /// A subtask is re-run on the phone's base model: its edge server failed,
+    /// or its on-device expert does not fit the memory budget. The
     /// `discarded_chars` characters of this subtask already passed to `on_text`
     /// are superseded by the re-run's text that follows: remove them.
     Fallback {
         /// Subtask index.
         subtask: u32,
-        /// What went wrong remotely.
+        /// What went wrong.
         reason: String,
         /// Characters of this subtask's text streamed before the failure.
         discarded_chars: u32,

@@ -139,13 +139,14 @@ pub enum EngineEvent {
         /// Link figures of the chosen node (`None` for the phone).
         link: Option<LinkFigures>,
     },
-    /// A remote subtask failed and is being re-run locally on the base model.
+    /// A subtask is answered by the base model on the phone instead: its edge
+    /// server failed, or its on-device expert does not fit the memory budget.
     /// Text of this subtask already streamed (`discarded_chars` characters) is
     /// superseded by the local re-run that follows.
     Fallback {
         /// Subtask index.
         subtask: usize,
-        /// The node that failed.
+        /// The node that failed (0: the phone's expert did not fit).
         node: usize,
         /// Why.
         reason: String,
@@ -280,6 +281,22 @@ pub enum EngineError {
         /// What is wrong.
         detail: String,
     },
+    /// An on-device expert needs more memory than the budget leaves for
+    /// experts. `generate()` answers such a subtask with the base model
+    /// instead ([`EngineEvent::Fallback`]).
+    #[error(
+        "expert {expert} needs {} MiB of memory, the budget leaves {} MiB for experts",
+        .needed_bytes.div_ceil(1 << 20),
+        .budget_bytes >> 20
+    )]
+    OverMemoryBudget {
+        /// The expert.
+        expert: String,
+        /// What it holds once loaded.
+        needed_bytes: u64,
+        /// What the budget leaves for experts.
+        budget_bytes: u64,
+    },
     /// The caller cancelled.
     #[error("cancelled")]
     Cancelled,
@@ -321,14 +338,21 @@ impl LocalRunner {
         let model = Arc::new(LocalModel::load_expert(&dir, &self.base)?);
         // What it holds in memory (an adapter's f32 matrices take 2-3 times its f16 file).
         let size = model.llama().own_weight_bytes();
+        let budget = self.budget_bytes.load(Ordering::Relaxed);
+        if size > budget {
+            return Err(EngineError::OverMemoryBudget {
+                expert: id.to_owned(),
+                needed_bytes: size,
+                budget_bytes: budget,
+            });
+        }
         self.evict_to_fit(&mut loaded, size);
         tracing::debug!(expert = id, bytes = size, "expert loaded");
         loaded.push((id.to_owned(), model.clone(), size));
         Ok(model)
     }
 
-    /// Evicts the least recently used experts until `incoming` more bytes fit
-    /// the budget (an expert larger than the whole budget still loads, alone).
+    /// Evicts the least recently used experts until `incoming` more bytes fit the budget.
     fn evict_to_fit(&self, loaded: &mut Vec<(String, Arc<LocalModel>, u64)>, incoming: u64) {
         let budget = self.budget_bytes.load(Ordering::Relaxed);
         while !loaded.is_empty() && loaded.iter().map(|e| e.2).sum::<u64>() + incoming > budget {
@@ -751,9 +775,22 @@ impl Engine {
                 if stop.is_cancelled() {
                     continue;
                 }
-                let fallback = fallbacks.lock().expect("fallbacks lock")[i].clone();
+                let mut fallback = fallbacks.lock().expect("fallbacks lock")[i].clone();
                 let expert = if fallback.is_some() { BASE_EXPERT } else { placements[i].expert.as_str() };
-                match self.run_local(i, prompt_for(i, expert), expert, options, &sink, &stop, start) {
+                let mut result = self.run_local(i, prompt_for(i, expert), expert, options, &sink, &stop, start);
+                if let Err(over @ EngineError::OverMemoryBudget { .. }) = result {
+                    // Nothing was generated yet: the base model answers instead.
+                    let reason = over.to_string();
+                    listener.on_event(&EngineEvent::Fallback {
+                        subtask: i,
+                        node: 0,
+                        reason: reason.clone(),
+                        discarded_chars: 0,
+                    });
+                    fallback = Some(reason);
+                    result = self.run_local(i, prompt_for(i, BASE_EXPERT), BASE_EXPERT, options, &sink, &stop, start);
+                }
+                match result {
                     Ok(mut report) => {
                         report.placed = placements[i].clone();
                         report.fallback = fallback;

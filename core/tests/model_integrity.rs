@@ -2,7 +2,8 @@
 //! `models/manifest.json`: a copy of the models directory with one corrupted
 //! file at a time (an on-device expert, the gate, the SAC actor) gives
 //! `EngineError::Manifest`. Its memory budget counts what a loaded expert holds
-//! in memory, not its size on disk. Arithmetic asked in words reaches the
+//! in memory, not its size on disk, and the base model answers for an expert
+//! that does not fit. Arithmetic asked in words reaches the
 //! arithmetic expert in its question form. Its own test binary (own process), so it
 //! does not compete with the engine tests' edge server for the compute pool.
 
@@ -155,6 +156,13 @@ fn the_expert_budget_counts_memory_not_disk() {
     engine.set_expert_memory_budget(0);
     let status = engine.status();
     assert_eq!((status.loaded_experts, status.loaded_expert_bytes), (vec!["base".to_string()], 0));
+    // An expert that does not fit at all: the base model answers instead, and says why.
+    let report = engine.generate("Tell me about the sea.", &options(2), &Silent, &CancelToken::new()).unwrap();
+    let subtask = &report.subtasks[0];
+    assert_eq!((subtask.placed.expert.as_str(), subtask.expert.as_str()), ("prose", "base"));
+    let reason = subtask.fallback.as_deref().unwrap_or_default();
+    assert!(reason.contains("expert prose needs 12 MiB"), "{reason:?}");
+    assert_eq!(engine.status().loaded_expert_bytes, 0);
 }
 
 #[test]
