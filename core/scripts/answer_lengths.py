@@ -13,6 +13,7 @@ deviation of the log-lengths of each prompt's answers, answers at the cap
 counted at the cap) and sigma between prompts (the rest: sqrt(sigma^2 - within^2)).
 
 Usage: core/scripts/answer_lengths.py [--model GGUF] [--bin MOE_EDGE] [--samples 4] [--max-tokens 512] [--out FILE.json]
+(the defaults take about 11 minutes on a 2-core machine)
 --bin defaults to target/release/moe-edge, built by
 `cargo build --release -p moe-edge --features cli`; --model defaults to the
 base model fetched by models/fetch-base-model.sh.
