@@ -14,7 +14,7 @@
 //! mismatch is refused with [`EngineError::Manifest`].
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -315,6 +315,9 @@ struct LocalRunner {
     budget_bytes: AtomicU64,
     /// Loaded experts, least recently used first: (id, model, bytes it holds).
     loaded: Mutex<Vec<(String, Arc<LocalModel>, u64)>>,
+    /// Bytes each expert held when it was loaded, so that one known not to fit
+    /// is refused without loading it again (its files are checked unchanged).
+    measured: Mutex<HashMap<String, u64>>,
     tokens_per_s: Mutex<f32>,
 }
 
@@ -334,17 +337,23 @@ impl LocalRunner {
             loaded.push(entry);
             return Ok(model);
         }
+        let budget = self.budget_bytes.load(Ordering::Relaxed);
+        let over = |size: u64| EngineError::OverMemoryBudget {
+            expert: id.to_owned(),
+            needed_bytes: size,
+            budget_bytes: budget,
+        };
+        let mut measured = self.measured.lock().expect("runner lock");
+        if let Some(&size) = measured.get(id).filter(|&&size| size > budget) {
+            return Err(over(size));
+        }
         let dir = self.manifest.verify(id)?;
         let model = Arc::new(LocalModel::load_expert(&dir, &self.base)?);
         // What it holds in memory (an adapter's f32 matrices take 2-3 times its f16 file).
         let size = model.llama().own_weight_bytes();
-        let budget = self.budget_bytes.load(Ordering::Relaxed);
+        measured.insert(id.to_owned(), size);
         if size > budget {
-            return Err(EngineError::OverMemoryBudget {
-                expert: id.to_owned(),
-                needed_bytes: size,
-                budget_bytes: budget,
-            });
+            return Err(over(size));
         }
         self.evict_to_fit(&mut loaded, size);
         tracing::debug!(expert = id, bytes = size, "expert loaded");
@@ -535,6 +544,7 @@ impl Engine {
                 manifest,
                 budget_bytes: AtomicU64::new(config.memory_budget_mb as u64 * 1024 * 1024),
                 loaded: Mutex::new(Vec::new()),
+                measured: Mutex::new(HashMap::new()),
                 tokens_per_s: Mutex::new(INITIAL_LOCAL_TOKENS_PER_S),
             },
             gate,
@@ -562,19 +572,18 @@ impl Engine {
         self.runner.evict_to_fit(&mut self.runner.loaded.lock().expect("runner lock"), 0);
     }
 
-    /// Bytes of memory the loaded experts hold now (the base model not counted).
-    pub fn loaded_expert_bytes(&self) -> u64 {
-        self.runner.loaded.lock().expect("runner lock").iter().map(|e| e.2).sum()
-    }
-
     /// A snapshot: policy, loaded experts, edge links, device state.
     pub fn status(&self) -> EngineStatus {
         let mut loaded_experts = vec![BASE_EXPERT.to_owned()];
-        loaded_experts.extend(self.runner.loaded.lock().expect("runner lock").iter().map(|e| e.0.clone()));
+        let loaded_expert_bytes = {
+            let loaded = self.runner.loaded.lock().expect("runner lock");
+            loaded_experts.extend(loaded.iter().map(|e| e.0.clone()));
+            loaded.iter().map(|e| e.2).sum()
+        };
         EngineStatus {
             policy: self.policy.name().to_owned(),
             loaded_experts,
-            loaded_expert_bytes: self.loaded_expert_bytes(),
+            loaded_expert_bytes,
             local_experts: self.runner.hosted(),
             edge: self
                 .clients

@@ -161,8 +161,11 @@ fn the_expert_budget_counts_memory_not_disk() {
     let subtask = &report.subtasks[0];
     assert_eq!((subtask.placed.expert.as_str(), subtask.expert.as_str()), ("prose", "base"));
     let reason = subtask.fallback.as_deref().unwrap_or_default();
-    assert!(reason.contains("expert prose needs 12 MiB"), "{reason:?}");
+    assert!(reason.contains(&format!("expert prose needs {} MiB", prose.div_ceil(1 << 20))), "{reason:?}");
     assert_eq!(engine.status().loaded_expert_bytes, 0);
+    // Asked again, it is refused from its measured size, the same way.
+    let again = engine.generate("Tell me about the sea.", &options(2), &Silent, &CancelToken::new()).unwrap();
+    assert_eq!(again.subtasks[0].fallback.as_deref(), Some(reason));
 }
 
 #[test]
